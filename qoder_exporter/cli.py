@@ -1,0 +1,137 @@
+"""Command line: flags named like the Prometheus exporters' own."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from . import __version__, logs
+from .collector import Exposition
+from .config import Config, ConfigError, config_from_dict, load_config
+from .poller import Poller
+from .server import ExporterServer
+
+log = logging.getLogger("qoder_exporter")
+
+DEFAULT_LISTEN = ":7637"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="qoder-exporter",
+        description="Prometheus exporter for Qoder Cloud Agents deployment runs.",
+    )
+    p.add_argument("--config", "--config.file", dest="config", help="path to config.yaml")
+    p.add_argument(
+        "--config.check", dest="check", action="store_true",
+        help="validate the configuration and exit (0 valid, 1 invalid)",
+    )
+    p.add_argument(
+        "--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
+        help=f"address to serve /metrics on (default {DEFAULT_LISTEN})",
+    )
+    p.add_argument("--log.level", dest="log_level", default="info",
+                   choices=["debug", "info", "warn", "warning", "error"])
+    p.add_argument("--log.format", dest="log_format", default="logfmt",
+                   choices=["logfmt", "json"])
+    p.add_argument("--demo", action="store_true",
+                   help="run against an embedded Qoder API simulator (no account needed)")
+    p.add_argument("--once", action="store_true",
+                   help="poll once, print the exposition and exit (0 if the poll succeeded)")
+    p.add_argument("--version", action="version", version=f"qoder-exporter {__version__}")
+    args = p.parse_args(argv)
+    if not args.config and not args.demo:
+        p.error("one of --config or --demo is required")
+    return args
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """':7637' -> ('', 7637); '127.0.0.1:0' -> ('127.0.0.1', 0); '[::1]:80' too."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--web.listen-address: expected host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def demo_config() -> tuple[Config, object]:
+    """Start the embedded simulator and a config that discovers its deployments."""
+    from .simulator import RealClock, Simulator
+
+    sim = Simulator(seed=42, clock=RealClock(), deployments=6, demo=True)
+    url = sim.serve("127.0.0.1", 0)
+    config = config_from_dict(
+        {
+            "api": {"url": url, "token": sim.token, "requests_per_second": 50},
+            "discover": True,
+            "poll_interval": "5s",
+            "lookback": "1h",
+            "duration_buckets": [1, 2, 5, 10, 20, 30, 60, 120, 300],
+        },
+        env={},
+    )
+    return config, sim
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    try:
+        if args.demo:
+            config, _sim = demo_config()
+            log.info("demo mode: polling the embedded simulator at %s", config.api.url)
+        else:
+            config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    logs.REDACT.secrets.add(config.api.token.reveal())
+    if args.check:
+        print(f"{args.config}: configuration is valid")
+        return 0
+
+    poller = Poller(config)
+    if args.once:
+        ok = poller.poll_once()
+        exposition = Exposition(poller.snapshot, time.time)
+        sys.stdout.buffer.write(exposition.body(openmetrics=False, compress=False))
+        poller.close()
+        return 0 if ok else 1
+    return serve(poller, args.listen)
+
+
+def serve(poller: Poller, listen: str) -> int:
+    """Run the poll loop and the HTTP server until SIGTERM or SIGINT."""
+    try:
+        address = parse_listen(listen)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    exposition = Exposition(poller.snapshot, time.time)
+    poller.on_snapshot = exposition.update
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop,), name="qoder-poller", daemon=True)
+
+    def healthy() -> bool:
+        return thread.is_alive()
+
+    try:
+        server = ExporterServer(exposition, address, healthy=healthy)
+    except OSError as exc:
+        print(f"--web.listen-address {listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    thread.start()
+    server.start()
+    host = address[0] or "0.0.0.0"
+    log.info("listening on http://%s:%d/metrics", host, server.port)
+    stop.wait()
+    log.info("shutting down")
+    server.close()
+    poller.close()
+    return 0

@@ -1,0 +1,319 @@
+"""The only code that speaks HTTP to the Qoder API."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from . import __version__
+from .config import Secret
+
+log = logging.getLogger(__name__)
+
+# Clients should not sleep for minutes inside a poll; longer waits are the poller's call.
+MAX_RETRY_AFTER = 600.0
+
+
+class QoderError(Exception):
+    """Base of every error the client raises; never carries the token."""
+
+    def __init__(self, message: str, *, status: int | None = None, endpoint: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.endpoint = endpoint
+
+
+class TransportError(QoderError):
+    """No usable HTTP answer: connection refused or reset, timeout."""
+
+
+class InvalidResponseError(QoderError):
+    """The API answered 2xx with a body we cannot read."""
+
+
+class APIError(QoderError):
+    """An error envelope (or an error status without one)."""
+
+    def __init__(
+        self, message: str, *, status: int, endpoint: str, error_type: str, request_id: str | None
+    ) -> None:
+        super().__init__(message, status=status, endpoint=endpoint)
+        self.error_type = error_type
+        self.request_id = request_id
+
+
+class AuthenticationError(APIError):
+    """401: the token is missing, wrong, expired or revoked."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the token is valid but may not see this resource."""
+
+
+class NotFoundError(APIError):
+    """404: the deployment or run does not exist."""
+
+
+class ServerError(APIError):
+    """5xx after the retries were spent."""
+
+
+class RateLimitedError(APIError):
+    """429, or 503 with Retry-After: the caller should wait `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    data: list[Any]
+    has_more: bool
+    last_id: str | None
+
+
+RequestObserver = Callable[[str, str, float], None]  # (endpoint, code, seconds)
+
+
+class TokenBucket:
+    """Client-side rate budget shared by all poll workers."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate / 5)
+        self._tokens = self.capacity
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+        self.waits = 0
+        self.waited_seconds = 0.0
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self._tokens -= 1
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+            if wait > 0:
+                self.waits += 1
+                self.waited_seconds += wait
+        # Sleep outside the lock: the debt is already booked, so waiters queue fairly.
+        if wait > 0:
+            time.sleep(wait)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds or an HTTP-date, capped; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class QoderClient:
+    """Typed, rate-limited, retrying access to the read endpoints of the Qoder API."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: Secret,
+        *,
+        timeout: float = 10.0,
+        max_retries: int = 2,
+        requests_per_second: float = 20.0,
+        observer: RequestObserver | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self.timeout = (min(timeout, 5.0), timeout)
+        self.max_retries = max_retries
+        self.bucket = TokenBucket(requests_per_second)
+        self.observer = observer
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = f"qoder-exporter/{__version__}"
+        self.session.headers["Accept"] = "application/json"
+        # requests' own retries are off: ours are bounded, jittered and observable.
+        self._sleep = time.sleep
+
+    def __repr__(self) -> str:
+        return f"QoderClient(base_url={self.base_url!r}, token=<redacted>)"
+
+    def set_token(self, token: Secret) -> None:
+        self._token = token
+
+    # --- endpoints -------------------------------------------------------------------
+
+    def list_deployments(self, *, limit: int = 100, after_id: str | None = None) -> Page:
+        return self._page("list_deployments", "/deployments", limit, after_id, {})
+
+    def get_deployment(self, deployment_id: str) -> dict[str, Any]:
+        return self._object("get_deployment", f"/deployments/{deployment_id}")
+
+    def list_runs(
+        self,
+        deployment_id: str,
+        *,
+        limit: int = 100,
+        after_id: str | None = None,
+        status: str | None = None,
+    ) -> Page:
+        params = {"status": status} if status else {}
+        path = f"/deployments/{deployment_id}/runs"
+        return self._page("list_runs", path, limit, after_id, params)
+
+    def list_all_runs(self, *, limit: int = 100, after_id: str | None = None) -> Page:
+        return self._page("list_all_runs", "/deployment_runs", limit, after_id, {})
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        return self._object("get_run_global", f"/deployment_runs/{run_id}")
+
+    def pages(self, fetch: Callable[[str | None], Page]) -> Iterator[Page]:
+        """Follow after_id cursors; stops on has_more=false or a cursor that does not move."""
+        cursor: str | None = None
+        while True:
+            page = fetch(cursor)
+            yield page
+            if not page.has_more or not page.last_id or page.last_id == cursor:
+                return
+            cursor = page.last_id
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _page(
+        self, endpoint: str, path: str, limit: int, after_id: str | None, params: dict[str, str]
+    ) -> Page:
+        query: dict[str, str] = {"limit": str(limit), **params}
+        if after_id:
+            query["after_id"] = after_id
+        body = self._get(endpoint, path, query)
+        data = body.get("data")
+        if not isinstance(data, list):
+            raise InvalidResponseError(f"{endpoint}: response has no data list", endpoint=endpoint)
+        last_id = body.get("last_id")
+        if not isinstance(last_id, str):
+            last = data[-1] if data else None
+            last_id = last.get("id") if isinstance(last, dict) else None
+        return Page(data, bool(body.get("has_more")), last_id if isinstance(last_id, str) else None)
+
+    def _object(self, endpoint: str, path: str) -> dict[str, Any]:
+        return self._get(endpoint, path, {})
+
+    def _get(self, endpoint: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            try:
+                return self._get_once(endpoint, path, params)
+            except (TransportError, ServerError) as exc:
+                if attempt >= self.max_retries:
+                    raise
+                delay = min(8.0, 0.5 * 2**attempt) * random.uniform(0.75, 1.25)
+                log.debug("retrying %s in %.2fs after: %s", endpoint, delay, exc)
+                attempt += 1
+                self._sleep(delay)
+
+    def _get_once(self, endpoint: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        self.bucket.acquire()
+        start = time.monotonic()
+        code = "error"
+        try:
+            response = self.session.get(
+                self.base_url + path,
+                params=params,
+                timeout=self.timeout,
+                auth=_Bearer(self._token),
+            )
+            code = str(response.status_code)
+            body = response.content
+        except requests.Timeout:
+            code = "timeout"
+            raise TransportError(f"{endpoint}: timed out", endpoint=endpoint) from None
+        except requests.RequestException as exc:
+            # `from None`: requests' exceptions hold the prepared request, headers and all.
+            raise TransportError(
+                f"{endpoint}: {type(exc).__name__}: {str(exc)[:200]}", endpoint=endpoint
+            ) from None
+        finally:
+            if self.observer is not None:
+                self.observer(endpoint, code, time.monotonic() - start)
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                raise InvalidResponseError(
+                    f"{endpoint}: HTTP {status} body is not JSON", status=status, endpoint=endpoint
+                ) from None
+            if not isinstance(parsed, dict):
+                raise InvalidResponseError(
+                    f"{endpoint}: expected a JSON object", status=status, endpoint=endpoint
+                )
+            return parsed
+        raise _error_from(endpoint, status, body, response.headers)
+
+
+class _Bearer(requests.auth.AuthBase):
+    """Bearer auth that keeps the token out of URLs and reprs."""
+
+    def __init__(self, token: Secret) -> None:
+        self._token = token
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = f"Bearer {self._token.reveal()}"
+        return r
+
+
+def _error_from(endpoint: str, status: int, body: bytes, headers: Mapping[str, str]) -> APIError:
+    error_type, message, request_id = "http_error", f"HTTP {status}", None
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        envelope = None
+    if isinstance(envelope, dict):
+        err = envelope.get("error")
+        if isinstance(err, dict):
+            error_type = str(err.get("type") or error_type)[:64]
+            message = str(err.get("message") or message)[:200]
+        rid = envelope.get("request_id")
+        request_id = rid if isinstance(rid, str) else None
+    request_id = request_id or headers.get("request-id") or headers.get("x-request-id")
+    text = f"{endpoint}: HTTP {status} {error_type}: {message}"
+    if request_id:
+        text += f" (request_id {request_id})"
+    kw: dict[str, Any] = {
+        "status": status,
+        "endpoint": endpoint,
+        "error_type": error_type,
+        "request_id": request_id,
+    }
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    if status == 429 or (status == 503 and retry_after is not None):
+        return RateLimitedError(text, retry_after=retry_after or 1.0, **kw)
+    if status >= 500:
+        return ServerError(text, **kw)
+    return _BY_STATUS.get(status, APIError)(text, **kw)

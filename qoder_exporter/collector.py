@@ -1,0 +1,354 @@
+"""Turns a Snapshot into the exposition, rendered once per poll and served from cache.
+
+Sample of the output:
+
+    qoder_deployment_runs_total{deployment_id="dep_…",status="failed"} 3.0
+    qoder_deployment_last_success_age_seconds{deployment_id="dep_…"} 812.402
+"""
+
+from __future__ import annotations
+
+import gzip
+import platform
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as text_format
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.openmetrics import exposition as om_format
+
+from . import __version__
+from .models import STATUSES, TERMINAL
+from .snapshot import DeploymentView, HistogramData, Snapshot
+
+TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
+OPENMETRICS_CONTENT_TYPE = om_format.CONTENT_TYPE_LATEST
+_TERMINAL = tuple(s for s in STATUSES if s in TERMINAL)
+_OBSERVED = ("completed", "failed")  # statuses whose runs carry a duration
+_OM_EOF = b"# EOF\n"
+
+
+def _float_le(bound: float) -> str:
+    return text_format.floatToGoString(bound)
+
+
+def _buckets(bounds: tuple[float, ...], data: HistogramData | None) -> list[tuple[str, float]]:
+    cumulative = data.cumulative if data else (0,) * (len(bounds) + 1)
+    labels = [_float_le(b) for b in bounds] + ["+Inf"]
+    return list(zip(labels, (float(c) for c in cumulative), strict=True))
+
+
+def families(snap: Snapshot) -> Iterator[Metric]:
+    """Every metric family that changes only when a poll publishes a new snapshot."""
+    yield from _deployment_families(snap)
+    yield from _self_families(snap)
+
+
+def _deployment_families(snap: Snapshot) -> Iterator[Metric]:
+    deps = snap.deployments
+    info = GaugeMetricFamily(
+        "qoder_deployment_info",
+        "Watched deployment, value 1; join on deployment_id for its name.",
+        labels=["deployment_id", "name", "status", "agent_id", "schedule"],
+    )
+    recent = GaugeMetricFamily(
+        "qoder_deployment_recent_runs",
+        "Runs triggered within the lookback window, by current status.",
+        labels=["deployment_id", "status"],
+    )
+    totals = CounterMetricFamily(
+        "qoder_deployment_runs",
+        "Runs that reached a terminal status while the exporter watched, each counted once.",
+        labels=["deployment_id", "status"],
+    )
+    durations = HistogramMetricFamily(
+        "qoder_deployment_run_duration_seconds",
+        "Duration of finished runs (duration_ms), each observed once.",
+        labels=["deployment_id", "status"],
+    )
+    last_success = GaugeMetricFamily(
+        "qoder_deployment_last_success_timestamp_seconds",
+        "completed_at of the newest completed run, even if older than the lookback window.",
+        labels=["deployment_id"],
+    )
+    last_status = GaugeMetricFamily(
+        "qoder_deployment_last_run_status",
+        "1 for the status of the newest finished run, 0 for the others.",
+        labels=["deployment_id", "status"],
+    )
+    errors = CounterMetricFamily(
+        "qoder_deployment_run_errors",
+        "Failed runs by error.type.",
+        labels=["deployment_id", "error_type"],
+    )
+    paused = GaugeMetricFamily(
+        "qoder_deployment_paused",
+        "1 when the deployment is paused; reason is manual, error (auto-paused) or none.",
+        labels=["deployment_id", "reason"],
+    )
+    consecutive = GaugeMetricFamily(
+        "qoder_deployment_consecutive_failures",
+        "Consecutive failed runs as counted by the Qoder API (metadata.cas_config.stats).",
+        labels=["deployment_id"],
+    )
+    next_trigger = GaugeMetricFamily(
+        "qoder_deployment_next_trigger_timestamp_seconds",
+        "Next scheduled trigger time as reported by the Qoder API.",
+        labels=["deployment_id"],
+    )
+    sync_ok = GaugeMetricFamily(
+        "qoder_deployment_sync_success",
+        "1 when the last poll of this deployment's runs succeeded.",
+        labels=["deployment_id"],
+    )
+    for d in deps:
+        _add_deployment(snap, d, info, recent, totals, durations, last_success, last_status, errors)
+        if d.info is not None:
+            reason = d.info.paused_reason or ("manual" if d.info.status == "paused" else "none")
+            paused.add_metric([d.id, reason], 1.0 if d.info.status == "paused" else 0.0)
+            if d.info.consecutive_failures is not None:
+                consecutive.add_metric([d.id], float(d.info.consecutive_failures))
+            if d.info.next_trigger_at is not None:
+                next_trigger.add_metric([d.id], d.info.next_trigger_at)
+        sync_ok.add_metric([d.id], 1.0 if d.sync_ok else 0.0)
+    yield from (info, recent, totals, durations, last_success, last_status, errors)
+    yield from (paused, consecutive, next_trigger, sync_ok)
+
+
+def _add_deployment(
+    snap: Snapshot,
+    d: DeploymentView,
+    info: GaugeMetricFamily,
+    recent: GaugeMetricFamily,
+    totals: CounterMetricFamily,
+    durations: HistogramMetricFamily,
+    last_success: GaugeMetricFamily,
+    last_status: GaugeMetricFamily,
+    errors: CounterMetricFamily,
+) -> None:
+    meta = d.info
+    info.add_metric(
+        [
+            d.id,
+            meta.name if meta else d.id,
+            meta.status if meta else "unknown",
+            meta.agent_id if meta else "",
+            meta.schedule if meta else "",
+        ],
+        1.0,
+    )
+    for status in STATUSES:
+        recent.add_metric([d.id, status], float(d.recent.get(status, 0)))
+    for status in _TERMINAL:
+        totals.add_metric([d.id, status], float(d.totals.get(status, 0)))
+    for status in sorted(set(_OBSERVED) | set(d.durations)):
+        data = d.durations.get(status)
+        durations.add_metric(
+            [d.id, status], _buckets(snap.buckets, data), data.total if data else 0.0
+        )
+    if d.last_success is not None:
+        last_success.add_metric([d.id], d.last_success)
+    if d.last_finished_status is not None:
+        for status in _TERMINAL:
+            last_status.add_metric([d.id, status], float(status == d.last_finished_status))
+    for error_type, count in sorted(d.errors.items()):
+        errors.add_metric([d.id, error_type], float(count))
+
+
+def _self_families(snap: Snapshot) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "qoder_up", "1 when the last poll reached the Qoder API and authenticated.",
+        value=1.0 if snap.up else 0.0,
+    )
+    polls = CounterMetricFamily(
+        "qoder_exporter_polls", "Poll cycles by result.", labels=["result"]
+    )
+    for result in ("success", "failure"):
+        polls.add_metric([result], float(snap.polls.get(result, 0)))
+    yield polls
+    poll_hist = HistogramMetricFamily(
+        "qoder_exporter_poll_duration_seconds", "Duration of poll cycles."
+    )
+    poll_hist.add_metric(
+        [], _buckets(snap.poll_duration_buckets, snap.poll_duration),
+        snap.poll_duration.total if snap.poll_duration else 0.0,
+    )
+    yield poll_hist
+    last_poll = GaugeMetricFamily(
+        "qoder_exporter_last_successful_poll_timestamp_seconds",
+        "Time of the last poll that reached the API; data is as old as this.",
+    )
+    if snap.last_success_poll is not None:
+        last_poll.add_metric([], snap.last_success_poll)
+    yield last_poll
+    reqs = CounterMetricFamily(
+        "qoder_exporter_api_requests",
+        "Requests sent to the Qoder API by endpoint and HTTP status code (error/timeout: none).",
+        labels=["endpoint", "code"],
+    )
+    for (endpoint, code), count in sorted(snap.requests.items()):
+        reqs.add_metric([endpoint, code], float(count))
+    yield reqs
+    req_hist = HistogramMetricFamily(
+        "qoder_exporter_api_request_duration_seconds",
+        "Duration of requests to the Qoder API.",
+        labels=["endpoint"],
+    )
+    for endpoint, data in sorted(snap.request_durations.items()):
+        req_hist.add_metric(
+            [endpoint], _buckets(snap.request_duration_buckets, data), data.total
+        )
+    yield req_hist
+    yield CounterMetricFamily(
+        "qoder_exporter_rate_limit_waits",
+        "Requests delayed by the exporter's own rate budget (api.requests_per_second).",
+        value=float(snap.rate_limit_waits),
+    )
+    yield CounterMetricFamily(
+        "qoder_exporter_rate_limit_wait_seconds",
+        "Seconds spent waiting for the exporter's own rate budget.",
+        value=snap.rate_limit_wait_seconds,
+    )
+    yield CounterMetricFamily(
+        "qoder_exporter_api_rate_limited",
+        "Times the API answered 429 (or 503 with Retry-After) and the exporter backed off.",
+        value=float(snap.rate_limited),
+    )
+    invalid = CounterMetricFamily(
+        "qoder_exporter_invalid_records",
+        "API records that could not be parsed and were skipped, by kind.",
+        labels=["kind"],
+    )
+    for kind in sorted({"run", "deployment"} | set(snap.invalid_records)):
+        invalid.add_metric([kind], float(snap.invalid_records.get(kind, 0)))
+    yield invalid
+    yield GaugeMetricFamily(
+        "qoder_exporter_tracked_runs",
+        "Runs held in memory (lookback window plus in-flight runs).",
+        value=float(snap.tracked_runs),
+    )
+    build = GaugeMetricFamily(
+        "qoder_exporter_build_info",
+        "Exporter build information, value 1.",
+        labels=["version", "python_version"],
+    )
+    build.add_metric([__version__, platform.python_version()], 1.0)
+    yield build
+
+
+class SnapshotCollector:
+    """prometheus_client custom collector over the current snapshot."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        return list(families(Snapshot(taken_at=0.0, buckets=())))
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self.snapshot)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    text: bytes
+    text_gz: bytes
+    om: bytes
+    om_gz: bytes
+    # (header, [(series prefix, reference time)]) for gauges computed at scrape time
+    ages: tuple[tuple[str, tuple[tuple[str, float | None], ...]], ...]
+
+
+def _age_templates(snap: Snapshot) -> tuple[tuple[str, tuple[tuple[str, float | None], ...]], ...]:
+    success = tuple(
+        (f'qoder_deployment_last_success_age_seconds{{deployment_id="{_escape(d.id)}"}} ',
+         d.last_success)
+        for d in snap.deployments
+        if d.last_success is not None
+    )
+    in_flight = tuple(
+        (
+            "qoder_deployment_oldest_in_flight_run_age_seconds"
+            f'{{deployment_id="{_escape(d.id)}",status="{status}"}} ',
+            d.oldest_in_flight.get(status),
+        )
+        for d in snap.deployments
+        for status in ("pending", "running")
+    )
+    return (
+        (
+            "# HELP qoder_deployment_last_success_age_seconds Seconds since the newest "
+            "completed run finished, computed at scrape time.\n"
+            "# TYPE qoder_deployment_last_success_age_seconds gauge\n",
+            success,
+        ),
+        (
+            "# HELP qoder_deployment_oldest_in_flight_run_age_seconds Age of the oldest run "
+            "still pending or running (0 when none), computed at scrape time.\n"
+            "# TYPE qoder_deployment_oldest_in_flight_run_age_seconds gauge\n",
+            in_flight,
+        ),
+    )
+
+
+class Exposition:
+    """Holds the rendered exposition of the latest snapshot; safe for concurrent scrapes."""
+
+    def __init__(self, snapshot: Snapshot, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._collector = SnapshotCollector(snapshot)
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._registry.register(self._collector)
+        self._lock = threading.Lock()  # serialises renders, never held by scrapes
+        self._rendered = self._render(snapshot)
+        self.snapshot = snapshot
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Render a new snapshot once; scrapes keep serving the old bytes meanwhile."""
+        with self._lock:
+            self._collector.snapshot = snapshot
+            rendered = self._render(snapshot)
+            # One reference swap: a scrape sees either the old or the new body, never a mix.
+            self._rendered, self.snapshot = rendered, snapshot
+
+    def _render(self, snapshot: Snapshot) -> _Rendered:
+        self._collector.snapshot = snapshot
+        text = text_format.generate_latest(self._registry)
+        om = om_format.generate_latest(self._registry)
+        om = om.removesuffix(_OM_EOF)
+        return _Rendered(
+            text, gzip.compress(text, 6), om, gzip.compress(om, 6), _age_templates(snapshot)
+        )
+
+    def body(self, *, openmetrics: bool, compress: bool) -> bytes:
+        """The full exposition: cached static part plus the scrape-time ages."""
+        rendered = self._rendered
+        now = self.clock()
+        parts = []
+        for header, series in rendered.ages:
+            parts.append(header)
+            parts.extend(
+                f"{prefix}{max(now - ref, 0.0) if ref is not None else 0.0:.3f}\n"
+                for prefix, ref in series
+            )
+        tail = "".join(parts).encode()
+        if openmetrics:
+            tail += _OM_EOF
+        static = (
+            (rendered.om_gz if compress else rendered.om)
+            if openmetrics
+            else (rendered.text_gz if compress else rendered.text)
+        )
+        # A gzip stream may hold several members; decoders (Go's, Python's) join them.
+        return static + (gzip.compress(tail, 6) if compress else tail)

@@ -1,0 +1,212 @@
+"""Tolerant parsing of the Qoder API's Deployment and Run JSON (both doc generations)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+STATUSES = ("pending", "running", "completed", "failed", "skipped")
+TERMINAL = frozenset({"completed", "failed", "skipped"})
+IN_FLIGHT = frozenset({"pending", "running"})
+
+# RFC 3339 with 0-9 fractional digits; datetime.fromisoformat only takes up to 6 before 3.11.
+_TS = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(Z|z|[+-]\d{2}:\d{2})$"
+)
+
+
+class ParseError(ValueError):
+    """A record from the API that cannot be used; names the field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def parse_timestamp(value: object, field: str = "timestamp") -> float:
+    """Parse an RFC 3339 timestamp into unix seconds."""
+    if not isinstance(value, str):
+        raise ParseError(field, f"expected an RFC 3339 string, got {type(value).__name__}")
+    m = _TS.match(value)
+    if not m:
+        raise ParseError(field, f"not an RFC 3339 timestamp: {value[:40]!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    frac, zone = m.group(7), m.group(8)
+    try:
+        base = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=timezone.utc)
+    except ValueError as exc:
+        raise ParseError(field, f"not a valid date: {value[:40]!r}") from exc
+    offset = 0
+    if zone not in ("Z", "z"):
+        sign = 1 if zone[0] == "+" else -1
+        offset = sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    fraction = int(frac) / 10 ** len(frac) if frac else 0.0
+    return base.timestamp() - offset + fraction
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One deployment run, normalised to the status-bearing (G1) view."""
+
+    id: str
+    deployment_id: str
+    created_at: float
+    status: str
+    completed_at: float | None = None
+    duration_s: float | None = None
+    started_at: float | None = None
+    error_type: str | None = None
+    trigger: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """The fields of a deployment that the exporter publishes."""
+
+    id: str
+    name: str
+    status: str
+    agent_id: str
+    schedule: str
+    paused_reason: str | None = None
+    consecutive_failures: int | None = None
+    next_trigger_at: float | None = None
+    created_at: float | None = None
+
+
+def _str(data: dict[str, Any], key: str, kind: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ParseError(f"{kind}.{key}", "missing or not a non-empty string")
+    return value
+
+
+def _opt_time(data: dict[str, Any], key: str, kind: str) -> float | None:
+    value = data.get(key)
+    return None if value is None else parse_timestamp(value, f"{kind}.{key}")
+
+
+def parse_run(data: object) -> Run:
+    """Parse one run record; raises ParseError naming the field at fault.
+
+    The record-only (G2) shape has no status: a record with a session_id is a run whose
+    session was created (counted as completed), one with an error is failed. Both are
+    terminal the moment they appear, and carry no duration.
+    """
+    if not isinstance(data, dict):
+        raise ParseError("run", f"expected an object, got {type(data).__name__}")
+    run_id = _str(data, "id", "run")
+    deployment_id = _str(data, "deployment_id", "run")
+    created_at = parse_timestamp(data.get("created_at"), "run.created_at")
+    error = data.get("error")
+    error_type: str | None = None
+    if isinstance(error, dict):
+        raw_type = error.get("type")
+        error_type = raw_type if isinstance(raw_type, str) and raw_type else "unknown_error"
+    elif error is not None:
+        raise ParseError("run.error", "expected an object or null")
+    trigger_ctx = data.get("trigger_context")
+    trigger = trigger_ctx.get("type") if isinstance(trigger_ctx, dict) else None
+
+    status = data.get("status")
+    if status is None:
+        status = _record_status(data, error_type)
+    elif status not in STATUSES:
+        raise ParseError("run.status", f"unknown status {str(status)[:40]!r}")
+
+    extras = data.get("cas_run_extras")
+    started_at = _opt_time(extras, "started_at", "run.cas_run_extras") if isinstance(
+        extras, dict
+    ) else None
+    completed_at = _opt_time(data, "completed_at", "run")
+    duration_ms = data.get("duration_ms")
+    duration_s: float | None = None
+    if duration_ms is not None:
+        if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)):
+            raise ParseError("run.duration_ms", "expected a number")
+        if duration_ms < 0:
+            raise ParseError("run.duration_ms", "negative duration")
+        duration_s = duration_ms / 1000.0
+    if status == "completed" and completed_at is None and "status" not in data:
+        # A record-only run finishes at creation: its success time is when it was recorded.
+        completed_at = created_at
+    return Run(
+        id=run_id,
+        deployment_id=deployment_id,
+        created_at=created_at,
+        status=str(status),
+        completed_at=completed_at,
+        duration_s=duration_s,
+        started_at=started_at,
+        error_type=error_type if status == "failed" else None,
+        trigger=trigger if isinstance(trigger, str) else None,
+    )
+
+
+def _record_status(data: dict[str, Any], error_type: str | None) -> str:
+    if error_type is not None:
+        return "failed"
+    if isinstance(data.get("session_id"), str):
+        return "completed"
+    raise ParseError("run.status", "no status, session_id or error: cannot tell the outcome")
+
+
+def _schedule_text(schedule: object) -> str:
+    if not isinstance(schedule, dict):
+        return "manual"
+    expression = schedule.get("expression")
+    tz = schedule.get("timezone")
+    if not isinstance(expression, str):
+        return "unknown"
+    return f"{expression} ({tz})" if isinstance(tz, str) and tz else expression
+
+
+def parse_deployment(data: object) -> Deployment:
+    """Parse one deployment; unknown fields are ignored, optional ones may be missing."""
+    if not isinstance(data, dict):
+        raise ParseError("deployment", f"expected an object, got {type(data).__name__}")
+    dep_id = _str(data, "id", "deployment")
+    name = data.get("name")
+    status = data.get("status")
+    agent = data.get("agent")
+    agent_id = agent.get("id") if isinstance(agent, dict) else None
+    reason = data.get("paused_reason")
+    paused_reason: str | None = None
+    if isinstance(reason, dict):
+        paused_reason = str(reason.get("type") or "unknown")
+    stats: Any = {}
+    metadata = data.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("cas_config"), dict):
+        stats = metadata["cas_config"].get("stats")
+    stats = stats if isinstance(stats, dict) else {}
+    failures = stats.get("consecutive_failures")
+    next_trigger = stats.get("next_trigger_at")
+    created = data.get("created_at")
+    return Deployment(
+        id=dep_id,
+        name=name if isinstance(name, str) and name else dep_id,
+        status=status if isinstance(status, str) and status else "unknown",
+        agent_id=agent_id if isinstance(agent_id, str) else "",
+        schedule=_schedule_text(data.get("schedule")),
+        paused_reason=paused_reason,
+        consecutive_failures=failures
+        if isinstance(failures, int) and not isinstance(failures, bool)
+        else None,
+        next_trigger_at=_lenient_time(next_trigger),
+        created_at=_lenient_time(created),
+    )
+
+
+def _lenient_time(value: object) -> float | None:
+    # Optional extras must never make a deployment unusable.
+    try:
+        return parse_timestamp(value) if value is not None else None
+    except ParseError:
+        return None

@@ -1,0 +1,449 @@
+"""Poll cycles: fetch from the API, fold into the RunStore, publish a Snapshot."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import (
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+    QoderClient,
+    QoderError,
+    RateLimitedError,
+)
+from .config import Config
+from .models import Deployment, ParseError, Run, parse_deployment, parse_run
+from .snapshot import DeploymentView, HistogramData, Snapshot
+from .sync import Histogram, RunStore, SyncPlan, reached_known
+
+log = logging.getLogger(__name__)
+
+# Deployment metadata (names, paused state) changes rarely; refreshing it at this pace
+# keeps a quiet cycle at one request per deployment.
+METADATA_REFRESH_S = 300.0
+# Bound on pages read back through history to find a last success older than the window.
+HISTORY_PAGES = 5
+REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+POLL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class _Paused(Exception):
+    """The API asked us to back off; remaining work in this cycle is skipped."""
+
+
+@dataclass
+class _Fetched:
+    deployment_id: str
+    runs: list[Run] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    error: QoderError | None = None
+    deleted: bool = False
+
+
+@dataclass
+class _SyncStatus:
+    ok: bool = False
+    at: float | None = None
+    error: str | None = None
+
+
+class SelfMetrics:
+    """Counters the client threads update; copied into each snapshot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str], int] = {}
+        self.durations: dict[str, Histogram] = {}
+        self.invalid: dict[str, int] = {}
+        self.rate_limited = 0
+
+    def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
+        with self._lock:
+            key = (endpoint, code)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            hist = self.durations.get(endpoint)
+            if hist is None:
+                hist = self.durations[endpoint] = Histogram([0] * (len(REQUEST_BUCKETS) + 1))
+            hist.observe(REQUEST_BUCKETS, seconds)
+
+    def count_invalid(self, kind: str) -> None:
+        with self._lock:
+            self.invalid[kind] = self.invalid.get(kind, 0) + 1
+
+    def copy(self) -> tuple[dict[tuple[str, str], int], dict[str, HistogramData], dict[str, int]]:
+        with self._lock:
+            return (
+                dict(self.requests),
+                {k: _frozen(h) for k, h in self.durations.items()},
+                dict(self.invalid),
+            )
+
+
+class Poller:
+    """Runs poll cycles; the latest Snapshot is always available, never blocked on the API."""
+
+    def __init__(
+        self,
+        config: Config,
+        client: QoderClient | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_snapshot: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = SelfMetrics()
+        self.client = client or QoderClient(
+            config.api.url,
+            config.api.token,
+            timeout=config.api.timeout,
+            max_retries=config.api.max_retries,
+            requests_per_second=config.api.requests_per_second,
+        )
+        self.client.observer = self.metrics.observe_request
+        self.clock = clock
+        self.on_snapshot = on_snapshot
+        self.store = RunStore(config.duration_buckets)
+        self.started_at = clock()
+        self._lookbacks = {d.id: d.lookback or config.lookback for d in config.deployments}
+        self._deployments: dict[str, Deployment] = {}
+        self._deleted: set[str] = set()
+        self._sync: dict[str, _SyncStatus] = {}
+        self._metadata_at: float | None = None
+        self._paused_until = 0.0  # monotonic
+        self._polls: dict[str, int] = {"success": 0, "failure": 0}
+        self._poll_hist = Histogram([0] * (len(POLL_BUCKETS) + 1))
+        self._up = False
+        self._last_success_poll: float | None = None
+        self._last_error: str | None = None
+        self._executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="qoder-poll")
+        self.snapshot = self._build_snapshot(clock())
+        self.heartbeat = time.monotonic()
+
+    # --- public ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll every poll_interval until stop is set."""
+        while not stop.is_set():
+            began = time.monotonic()
+            self.poll_once()
+            self.heartbeat = time.monotonic()
+            wait = max(self.config.poll_interval - (time.monotonic() - began), 0.0)
+            wait = max(wait, self._paused_until - time.monotonic())
+            stop.wait(wait)
+
+    def poll_once(self) -> bool:
+        """One cycle; returns whether it reached the API and authenticated (qoder_up)."""
+        began = time.monotonic()
+        now = self.clock()
+        reached, error = False, None
+        try:
+            self._check_pause()
+            self._cycle(now)
+            reached = True
+        except _Paused:
+            error = "rate limited by the API: backing off"
+        except _CycleFailed as exc:
+            reached, error = exc.reached, str(exc)
+        except QoderError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug must not kill the poll thread
+            log.exception("poll cycle failed")
+            error = f"internal error: {type(exc).__name__}"
+        if error is not None:
+            log.warning("poll failed: %s", error)
+        self._up = reached
+        self._last_error = error
+        self._polls["success" if reached else "failure"] += 1
+        if reached:
+            self._last_success_poll = now
+        self._poll_hist.observe(POLL_BUCKETS, time.monotonic() - began)
+        self.snapshot = self._build_snapshot(self.clock())
+        if self.on_snapshot is not None:
+            self.on_snapshot(self.snapshot)
+        return reached
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def lookback(self, deployment_id: str) -> float:
+        return self._lookbacks.get(deployment_id, self.config.lookback)
+
+    # --- one cycle ---------------------------------------------------------------------
+
+    def _cycle(self, now: float) -> None:
+        if self._metadata_at is None or now - self._metadata_at >= METADATA_REFRESH_S:
+            try:
+                self._refresh_metadata()
+                self._metadata_at = now
+            except RateLimitedError as exc:
+                self._pause(exc)
+                raise
+            except (AuthenticationError, PermissionDeniedError):
+                raise
+            except QoderError as exc:
+                # Old names and states are still better than no run data: go on.
+                if self.config.discover and not self._deployments:
+                    raise
+                log.warning("deployment metadata not refreshed: %s", exc)
+        watched = self._watched()
+        fresh = [d for d in watched if d not in self.store.deployments]
+        use_feed = self.config.discover and self.polls_done() > 0
+        per_deployment = fresh if use_feed else watched
+        results = list(self._executor.map(lambda d: self._fetch(d, now), per_deployment))
+        if use_feed:
+            results += self._fetch_feed([d for d in watched if d not in fresh], now)
+        ok = 0
+        failures: list[str] = []
+        for fetched in results:
+            if self._apply(fetched, now):
+                ok += 1
+            elif fetched.error is not None:
+                failures.append(str(fetched.error))
+                if isinstance(fetched.error, (AuthenticationError, PermissionDeniedError)):
+                    raise fetched.error
+        if failures and ok == 0:
+            raise _CycleFailed(failures[0], reached=False)
+        if failures:
+            log.warning(
+                "%d of %d deployments failed to sync: %s", len(failures), len(results), failures[0]
+            )
+
+    def polls_done(self) -> int:
+        return self._polls["success"] + self._polls["failure"]
+
+    def _watched(self) -> list[str]:
+        if self.config.discover:
+            return sorted(self._deployments)
+        return [d.id for d in self.config.deployments if d.id not in self._deleted]
+
+    def _refresh_metadata(self) -> None:
+        listed: dict[str, Deployment] = {}
+        for page in self.client.pages(
+            lambda c: self.client.list_deployments(limit=self.config.page_size, after_id=c)
+        ):
+            for dep in self._parse(page.data, parse_deployment, "deployment"):
+                listed[dep.id] = dep
+        if self.config.discover:
+            for gone in set(self._deployments) - set(listed):
+                self._forget(gone)
+            self._deployments = listed
+            return
+        for dep_cfg in self.config.deployments:
+            dep_id = dep_cfg.id
+            if dep_id in listed:
+                self._deployments[dep_id] = listed[dep_id]
+                self._deleted.discard(dep_id)
+                continue
+            # Not listed: archived (still readable by id) or deleted (404).
+            try:
+                self._deployments[dep_id] = parse_deployment(self.client.get_deployment(dep_id))
+                self._deleted.discard(dep_id)
+            except NotFoundError:
+                self._forget(dep_id)
+            except ParseError as exc:
+                self.metrics.count_invalid("deployment")
+                log.warning("deployment %s: unusable record: %s", dep_id, exc)
+
+    def _forget(self, deployment_id: str) -> None:
+        if deployment_id not in self._deleted:
+            log.warning("deployment %s no longer exists: dropping its series", deployment_id)
+        self._deleted.add(deployment_id)
+        self._deployments.pop(deployment_id, None)
+        self.store.drop(deployment_id)
+        self._sync.pop(deployment_id, None)
+
+    def _fetch(self, deployment_id: str, now: float) -> _Fetched:
+        """Worker: read one deployment's new runs and refresh its in-flight ones."""
+        out = _Fetched(deployment_id)
+        plan = self.store.plan(deployment_id, now, self.lookback(deployment_id))
+        try:
+            self._check_pause()
+            for page in self.client.pages(
+                lambda c: self.client.list_runs(
+                    deployment_id, limit=self.config.page_size, after_id=c
+                )
+            ):
+                runs = self._parse(page.data, parse_run, "run")
+                out.runs += runs
+                if reached_known(runs, plan):
+                    break
+            self._refresh_in_flight(out, plan.in_flight)
+            if plan.initial and not any(r.status == "completed" for r in out.runs):
+                out.runs += self._last_success(deployment_id)
+        except NotFoundError:
+            out.deleted = True
+        except RateLimitedError as exc:
+            self._pause(exc)
+            out.error = exc
+        except QoderError as exc:
+            out.error = exc
+        except _Paused:
+            out.error = QoderError("skipped: backing off after a rate limit")
+        return out
+
+    def _fetch_feed(self, deployment_ids: list[str], now: float) -> list[_Fetched]:
+        """Read new runs of all known deployments from the cross-deployment feed."""
+        plans = {d: self.store.plan(d, now, self.lookback(d)) for d in deployment_ids}
+        by_dep = {d: _Fetched(d) for d in deployment_ids}
+        try:
+            self._check_pause()
+            floor = min((p.floor for p in plans.values()), default=now)
+            known = frozenset().union(*(p.known for p in plans.values()))
+            marks = [p.watermark for p in plans.values() if p.watermark is not None]
+            feed_plan = SyncPlan(False, known, frozenset(), floor, max(marks, default=None), True)
+            for page in self.client.pages(
+                lambda c: self.client.list_all_runs(limit=self.config.page_size, after_id=c)
+            ):
+                runs = self._parse(page.data, parse_run, "run")
+                for run in runs:
+                    if run.deployment_id in by_dep:
+                        by_dep[run.deployment_id].runs.append(run)
+                    elif run.deployment_id not in self._deleted and run.created_at >= floor:
+                        # A deployment we have not listed yet: pick it up next cycle.
+                        self._metadata_at = None
+                if reached_known(runs, feed_plan):
+                    break
+            for dep_id, fetched in by_dep.items():
+                self._refresh_in_flight(fetched, plans[dep_id].in_flight)
+        except RateLimitedError as exc:
+            self._pause(exc)
+            return [_Fetched(d, error=exc) for d in deployment_ids]
+        except (QoderError, _Paused) as exc:
+            err = exc if isinstance(exc, QoderError) else QoderError("backing off")
+            return [_Fetched(d, error=err) for d in deployment_ids]
+        return list(by_dep.values())
+
+    def _refresh_in_flight(self, out: _Fetched, in_flight: Iterable[str]) -> None:
+        seen = {r.id for r in out.runs}
+        for run_id in sorted(set(in_flight) - seen):
+            self._check_pause()
+            try:
+                out.runs += self._parse([self.client.get_run(run_id)], parse_run, "run")
+            except NotFoundError:
+                out.vanished.append(run_id)
+
+    def _last_success(self, deployment_id: str) -> list[Run]:
+        """Find the newest completed run even when it is older than the window."""
+        pages = self.client.pages(
+            lambda c: self.client.list_runs(
+                deployment_id, limit=self.config.page_size, after_id=c, status="completed"
+            )
+        )
+        for page in itertools.islice(pages, HISTORY_PAGES):
+            # Filter here too: servers of the record-only generation ignore `status`.
+            for run in self._parse(page.data, parse_run, "run"):
+                if run.status == "completed" and run.deployment_id == deployment_id:
+                    return [run]
+        return []
+
+    def _apply(self, fetched: _Fetched, now: float) -> bool:
+        dep_id = fetched.deployment_id
+        if fetched.deleted:
+            self._forget(dep_id)
+            return True
+        status = self._sync.setdefault(dep_id, _SyncStatus())
+        status.at = now
+        if fetched.error is not None:
+            status.ok, status.error = False, str(fetched.error)
+            return False
+        initial = dep_id not in self.store.deployments
+        # A deployment created after we started has no history: all its runs are news.
+        info = self._deployments.get(dep_id)
+        history = initial and not (
+            info is not None and info.created_at is not None and info.created_at >= self.started_at
+        )
+        result = self.store.apply(
+            dep_id, fetched.runs, now, self.lookback(dep_id), history=history,
+            vanished=fetched.vanished,
+        )
+        if result.vanished:
+            log.warning("deployment %s: %d in-flight runs vanished", dep_id, result.vanished)
+        status.ok, status.error = True, None
+        return True
+
+    def _parse(self, items: list[Any], parse: Callable[[Any], Any], kind: str) -> list[Any]:
+        out = []
+        for item in items:
+            try:
+                out.append(parse(item))
+            except ParseError as exc:
+                self.metrics.count_invalid(kind)
+                log.warning("skipping unusable %s record: %s", kind, exc)
+        return out
+
+    def _pause(self, exc: RateLimitedError) -> None:
+        self.metrics.rate_limited += 1
+        until = time.monotonic() + exc.retry_after
+        self._paused_until = max(self._paused_until, until)
+        log.warning("API rate limit: backing off for %.1fs", exc.retry_after)
+
+    def _check_pause(self) -> None:
+        if time.monotonic() < self._paused_until:
+            raise _Paused()
+
+    # --- snapshot ----------------------------------------------------------------------
+
+    def _build_snapshot(self, now: float) -> Snapshot:
+        views = []
+        for dep_id in self._watched():
+            state = self.store.deployments.get(dep_id)
+            sync = self._sync.get(dep_id, _SyncStatus())
+            lookback = self.lookback(dep_id)
+            views.append(
+                DeploymentView(
+                    id=dep_id,
+                    info=self._deployments.get(dep_id),
+                    recent=self.store.recent(dep_id, now, lookback),
+                    totals=dict(state.totals) if state else {},
+                    durations={k: _frozen(h) for k, h in state.durations.items()} if state else {},
+                    errors=dict(state.errors) if state else {},
+                    last_success=state.last_success if state else None,
+                    last_finished_status=state.last_finished[2]
+                    if state and state.last_finished
+                    else None,
+                    oldest_in_flight=self.store.oldest_in_flight(dep_id),
+                    sync_ok=sync.ok,
+                    last_sync=sync.at,
+                    last_error=sync.error,
+                )
+            )
+        requests, durations, invalid = self.metrics.copy()
+        return Snapshot(
+            taken_at=now,
+            buckets=self.store.buckets,
+            deployments=tuple(views),
+            up=self._up,
+            polls_done=self.polls_done(),
+            last_success_poll=self._last_success_poll,
+            poll_interval=self.config.poll_interval,
+            polls=dict(self._polls),
+            poll_duration=_frozen(self._poll_hist),
+            requests=requests,
+            request_durations=durations,
+            request_duration_buckets=REQUEST_BUCKETS,
+            poll_duration_buckets=POLL_BUCKETS,
+            rate_limit_waits=self.client.bucket.waits,
+            rate_limit_wait_seconds=self.client.bucket.waited_seconds,
+            rate_limited=self.metrics.rate_limited,
+            invalid_records=invalid,
+            tracked_runs=self.store.size(),
+            last_error=self._last_error,
+        )
+
+
+class _CycleFailed(QoderError):
+    def __init__(self, message: str, *, reached: bool) -> None:
+        super().__init__(message)
+        self.reached = reached
+
+
+def _frozen(hist: Histogram) -> HistogramData:
+    return HistogramData(tuple(hist.cumulative()), hist.total)

@@ -1,0 +1,190 @@
+"""HTTP server: /metrics, the landing page and health endpoints. Never calls the API."""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import __version__
+from .collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
+from .snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+MAX_CONCURRENT_REQUESTS = 16
+SOCKET_TIMEOUT_S = 30.0
+
+
+def _accepts_openmetrics(accept: str) -> bool:
+    return any(
+        part.split(";")[0].strip() == "application/openmetrics-text" for part in accept.split(",")
+    )
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def landing_page(snap: Snapshot, now: float) -> bytes:
+    """The / page: links, build info and every watched deployment with its last poll."""
+    rows = []
+    for d in snap.deployments:
+        name = d.info.name if d.info else d.id
+        state = d.info.status if d.info else "unknown"
+        if d.sync_ok:
+            result = '<span class="ok">ok</span>'
+        elif d.last_sync is None:
+            result = "pending"
+        else:
+            result = f'<span class="bad">failed</span>: {html.escape(d.last_error or "")}'
+        last_status = d.last_finished_status or "none yet"
+        rows.append(
+            "<tr>"
+            f"<td>{html.escape(name)}</td><td><code>{html.escape(d.id)}</code></td>"
+            f"<td>{html.escape(state)}</td><td>{result}</td><td>{_when(d.last_sync)}</td>"
+            f"<td>{html.escape(last_status)}</td><td>{_when(d.last_success)}</td>"
+            "</tr>"
+        )
+    up = '<span class="ok">up</span>' if snap.up else '<span class="bad">down</span>'
+    error = f"<p>Last error: {html.escape(snap.last_error)}</p>" if snap.last_error else ""
+    body = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Qoder Exporter</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+.ok{{color:#080}}.bad{{color:#b00}}</style></head>
+<body><h1>Qoder Exporter</h1>
+<p>Prometheus exporter for Qoder Cloud Agents deployment runs. Version {__version__}.</p>
+<ul><li><a href="metrics">/metrics</a></li><li><a href="-/healthy">/-/healthy</a></li>
+<li><a href="-/ready">/-/ready</a></li></ul>
+<p>Qoder API: {up}; polls done: {snap.polls_done}; last successful poll:
+{_when(snap.last_success_poll)}; page rendered {_when(now)}.</p>{error}
+<h2>Watched deployments ({len(snap.deployments)})</h2>
+<table><tr><th>Name</th><th>ID</th><th>Status</th><th>Last poll</th><th>Polled at</th>
+<th>Last run</th><th>Last success</th></tr>
+{"".join(rows)}
+</table></body></html>
+"""
+    return body.encode()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Shed load instead of spawning unbounded threads for a flood of connections.
+        if not self.slots.acquire(timeout=1.0):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class ExporterServer:
+    """Serves the exposition and health; the poller feeds it snapshots."""
+
+    def __init__(
+        self,
+        exposition: Exposition,
+        address: tuple[str, int],
+        *,
+        healthy: Callable[[], bool],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.exposition = exposition
+        self.healthy = healthy
+        self.clock = clock
+        self.httpd = _Server(address, self._handler_class())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def ready(self) -> tuple[bool, str]:
+        snap = self.exposition.snapshot
+        if snap.last_success_poll is None:
+            return False, "no successful poll yet"
+        age = self.clock() - snap.last_success_poll
+        if age > 3 * snap.poll_interval + 30:
+            return False, f"last successful poll {age:.0f}s ago"
+        return True, "ready"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="qoder-http", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = SOCKET_TIMEOUT_S
+            protocol_version = "HTTP/1.1"
+            server_version = f"qoder-exporter/{__version__}"
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = urlsplit(self.path).path
+                if path == "/metrics":
+                    self._metrics()
+                elif path == "/":
+                    snap = server.exposition.snapshot
+                    self._send(200, "text/html; charset=utf-8", landing_page(snap, server.clock()))
+                elif path == "/-/healthy":
+                    ok = server.healthy()
+                    self._send(200 if ok else 503, "text/plain", b"OK\n" if ok else b"unhealthy\n")
+                elif path == "/-/ready":
+                    ok, why = server.ready()
+                    self._send(200 if ok else 503, "text/plain", f"{why}\n".encode())
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self.do_GET()
+
+            def _metrics(self) -> None:
+                openmetrics = _accepts_openmetrics(self.headers.get("Accept", ""))
+                compress = "gzip" in self.headers.get("Accept-Encoding", "")
+                body = server.exposition.body(openmetrics=openmetrics, compress=compress)
+                ctype = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+                self._send(200, ctype, body, gzip=compress)
+
+            def _send(self, code: int, ctype: str, body: bytes, *, gzip: bool = False) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                if gzip:
+                    self.send_header("Content-Encoding", "gzip")
+                self.send_header("Vary", "Accept, Accept-Encoding")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("%s %s", self.address_string(), format % args)
+
+        return Handler
+

@@ -1,0 +1,57 @@
+"""Immutable per-cycle view of everything the exporter publishes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .models import Deployment
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramData:
+    cumulative: tuple[int, ...]  # one per bucket bound, then +Inf
+    total: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentView:
+    """One watched deployment as of the last cycle."""
+
+    id: str
+    info: Deployment | None
+    recent: dict[str, int]
+    totals: dict[str, int]
+    durations: dict[str, HistogramData]
+    errors: dict[str, int]
+    last_success: float | None
+    last_finished_status: str | None
+    oldest_in_flight: dict[str, float]
+    sync_ok: bool
+    last_sync: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one poll cycle produced; the collector and server read only this."""
+
+    taken_at: float
+    buckets: tuple[float, ...]
+    deployments: tuple[DeploymentView, ...] = ()
+    up: bool = False
+    polls_done: int = 0
+    last_success_poll: float | None = None
+    poll_interval: float = 60.0
+    # Self-metrics, copied from the poller's counters at snapshot time.
+    polls: dict[str, int] = field(default_factory=dict)
+    poll_duration: HistogramData | None = None
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    request_durations: dict[str, HistogramData] = field(default_factory=dict)
+    request_duration_buckets: tuple[float, ...] = ()
+    poll_duration_buckets: tuple[float, ...] = ()
+    rate_limit_waits: int = 0
+    rate_limit_wait_seconds: float = 0.0
+    rate_limited: int = 0
+    invalid_records: dict[str, int] = field(default_factory=dict)
+    tracked_runs: int = 0
+    last_error: str | None = None

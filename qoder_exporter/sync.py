@@ -1,0 +1,241 @@
+"""The run store: exactly-once accounting of deployment runs. Pure logic, no I/O.
+
+Per deployment the store tracks the runs of the lookback window plus every run still in
+flight (whatever its age). A run is *accounted* once it has been seen terminal: either
+counted (it finished while we watched) or taken as history (it had already finished when
+the deployment was first synced). Accounted runs never change again, so a run can be counted
+at most once; tracked runs leave the store only once accounted and older than the window,
+and the deployment's *floor* (the oldest creation time still tracked, never moving back)
+tells the poller which untracked runs it has already dealt with.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .models import IN_FLIGHT, STATUSES, TERMINAL, Run
+
+# Runs created within this many seconds before the newest one we know are re-read, so a
+# run that shares a millisecond with it (ids tie-break at random) is not missed.
+OVERLAP_S = 5.0
+_RANK = {"pending": 0, "running": 1, "completed": 2, "failed": 2, "skipped": 2}
+
+
+@dataclass(slots=True)
+class Tracked:
+    created_at: float
+    status: str
+    accounted: bool
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Per-bucket (non-cumulative) counts; the last slot is +Inf."""
+
+    counts: list[int]
+    total: float = 0.0
+
+    def observe(self, bounds: tuple[float, ...], value: float) -> None:
+        self.counts[bisect.bisect_left(bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[int]:
+        out, running = [], 0
+        for c in self.counts:
+            running += c
+            out.append(running)
+        return out
+
+
+@dataclass(slots=True)
+class DeploymentState:
+    """Everything the store knows about one deployment."""
+
+    floor: float
+    runs: dict[str, Tracked] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL, 0))
+    durations: dict[str, Histogram] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    last_success: float | None = None
+    last_finished: tuple[float, str, str] | None = None  # (created_at, id, status)
+
+    def watermark(self) -> float | None:
+        """Creation time of the newest tracked run."""
+        return max((t.created_at for t in self.runs.values()), default=None)
+
+    def in_flight(self) -> list[str]:
+        return [rid for rid, t in self.runs.items() if not t.accounted]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPlan:
+    """What a poll worker needs to know to fetch one deployment, frozen for thread safety."""
+
+    initial: bool
+    known: frozenset[str]
+    in_flight: frozenset[str]
+    floor: float
+    watermark: float | None
+    has_success: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    counted: int
+    new_in_flight: int
+    vanished: int
+
+
+def merge_duplicates(runs: Iterable[Run]) -> dict[str, Run]:
+    """Collapse repeated sightings of a run (overlapping pages) into its most advanced one."""
+    merged: dict[str, Run] = {}
+    for run in runs:
+        seen = merged.get(run.id)
+        if seen is None or _RANK[run.status] > _RANK[seen.status]:
+            merged[run.id] = run
+    return merged
+
+
+class RunStore:
+    """Per-deployment run accounting; only the poller thread calls it."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self.deployments: dict[str, DeploymentState] = {}
+
+    def plan(self, deployment_id: str, now: float, lookback: float) -> SyncPlan:
+        state = self.deployments.get(deployment_id)
+        if state is None:
+            return SyncPlan(True, frozenset(), frozenset(), now - lookback, None, False)
+        return SyncPlan(
+            initial=False,
+            known=frozenset(state.runs),
+            in_flight=frozenset(state.in_flight()),
+            floor=state.floor,
+            watermark=state.watermark(),
+            has_success=state.last_success is not None,
+        )
+
+    def apply(
+        self,
+        deployment_id: str,
+        runs: Iterable[Run],
+        now: float,
+        lookback: float,
+        *,
+        history: bool,
+        vanished: Iterable[str] = (),
+    ) -> ApplyResult:
+        """Fold one poll's sightings of a deployment's runs into its state.
+
+        With history=True (the first sync of a deployment) runs already terminal are taken
+        as history, not counted: a restart must not replay the window into increase().
+        """
+        state = self.deployments.get(deployment_id)
+        if state is None:
+            state = self.deployments[deployment_id] = DeploymentState(floor=now - lookback)
+        counted = new_in_flight = 0
+        for run in merge_duplicates(runs).values():
+            if run.deployment_id != deployment_id:
+                continue
+            self._note_outcome(state, run)
+            tracked = state.runs.get(run.id)
+            if tracked is None:
+                if run.status in IN_FLIGHT:
+                    # Never-seen in-flight runs are new whatever their age: nothing is
+                    # evicted before it is accounted, so this run cannot be a repeat.
+                    state.runs[run.id] = Tracked(run.created_at, run.status, False)
+                    new_in_flight += 1
+                elif run.created_at >= state.floor:
+                    if not history:
+                        self._count(state, run)
+                        counted += 1
+                    state.runs[run.id] = Tracked(run.created_at, run.status, True)
+                # else: below the floor, so already counted and evicted, or history.
+            elif not tracked.accounted:
+                tracked.status = run.status
+                if run.terminal:
+                    tracked.accounted = True
+                    self._count(state, run)
+                    counted += 1
+            # An accounted run never changes: a regressed status is an API glitch.
+        gone = 0
+        for run_id in vanished:
+            tracked = state.runs.get(run_id)
+            if tracked is not None and not tracked.accounted:
+                del state.runs[run_id]
+                gone += 1
+        self.expire(deployment_id, now, lookback)
+        return ApplyResult(counted, new_in_flight, gone)
+
+    def expire(self, deployment_id: str, now: float, lookback: float) -> None:
+        """Drop accounted runs older than the window; the floor never moves back."""
+        state = self.deployments[deployment_id]
+        state.floor = max(state.floor, now - lookback)
+        old = [
+            rid
+            for rid, t in state.runs.items()
+            if t.accounted and t.created_at < state.floor
+        ]
+        for rid in old:
+            del state.runs[rid]
+
+    def drop(self, deployment_id: str) -> None:
+        self.deployments.pop(deployment_id, None)
+
+    def recent(self, deployment_id: str, now: float, lookback: float) -> dict[str, int]:
+        """Tracked runs created within the lookback window, by current status."""
+        counts = dict.fromkeys(STATUSES, 0)
+        state = self.deployments.get(deployment_id)
+        if state is not None:
+            cutoff = now - lookback
+            for t in state.runs.values():
+                if t.created_at >= cutoff:
+                    counts[t.status] += 1
+        return counts
+
+    def oldest_in_flight(self, deployment_id: str) -> dict[str, float]:
+        """Creation time of the oldest pending and running run."""
+        out: dict[str, float] = {}
+        state = self.deployments.get(deployment_id)
+        if state is not None:
+            for t in state.runs.values():
+                if not t.accounted and t.created_at < out.get(t.status, float("inf")):
+                    out[t.status] = t.created_at
+        return out
+
+    def size(self) -> int:
+        return sum(len(s.runs) for s in self.deployments.values())
+
+    def _note_outcome(self, state: DeploymentState, run: Run) -> None:
+        if run.status == "completed":
+            finished = run.completed_at if run.completed_at is not None else run.created_at
+            if state.last_success is None or finished > state.last_success:
+                state.last_success = finished
+        if run.terminal:
+            key = (run.created_at, run.id, run.status)
+            if state.last_finished is None or key[:2] > state.last_finished[:2]:
+                state.last_finished = key
+
+    def _count(self, state: DeploymentState, run: Run) -> None:
+        state.totals[run.status] += 1
+        if run.duration_s is not None:
+            hist = state.durations.get(run.status)
+            if hist is None:
+                hist = state.durations[run.status] = Histogram([0] * (len(self.buckets) + 1))
+            hist.observe(self.buckets, run.duration_s)
+        if run.status == "failed":
+            key = run.error_type or "unknown_error"
+            state.errors[key] = state.errors.get(key, 0) + 1
+
+
+def reached_known(runs: list[Run], plan: SyncPlan) -> bool:
+    """True once paging has gone past what earlier cycles already read."""
+    if any(r.created_at < plan.floor for r in runs):
+        return True
+    if plan.watermark is None:
+        return False
+    bound = plan.watermark - OVERLAP_S
+    return any(r.id in plan.known and r.created_at <= bound for r in runs)

@@ -1,0 +1,149 @@
+"""Parsing of Run and Deployment JSON in both documented shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from qoder_exporter.models import ParseError, parse_deployment, parse_run, parse_timestamp
+
+G1_COMPLETED: dict[str, Any] = {
+    "id": "drun_019ec55a68af73028afa5b87931cb2f3", "type": "deployment_run",
+    "deployment_id": "dep_019ec55a2b687b3f94eee77dd77e4b2a",
+    "agent": {"id": "agent_019ebb21ef8e7df6a559052c94875160", "type": "agent", "version": 1},
+    "status": "completed", "error": None, "trigger_context": {"type": "manual"},
+    "session_id": "sess_019ec55a68b37e1e8d660691af161ab4",
+    "cas_run_extras": {"attempt": 1, "turn_id": "turn_019ec55a68b87a9dafad75c1554d1102",
+                       "started_at": "2026-06-14T08:58:17.165588Z"},
+    "triggered_at": "2026-06-14T08:58:17.13334Z", "created_at": "2026-06-14T08:58:17.13334Z",
+    "completed_at": "2026-06-14T08:58:34.433744Z", "duration_ms": 17268,
+}
+
+G2_FAILED: dict[str, Any] = {
+    "id": "drun_019ec55a68af73028afa5b87931cb2f3", "type": "deployment_run",
+    "deployment_id": "dep_019ec55a2b687b3f94eee77dd77e4b2a",
+    "agent": {"id": "agent_019ebb21ef8e7df6a559052c94875160", "type": "agent", "version": 1},
+    "created_at": "2026-06-14T08:58:17Z", "session_id": None,
+    "error": {"type": "environment_archived_error", "message": "environment env_x is archived"},
+    "trigger_context": {"type": "schedule", "scheduled_at": "2026-06-15T01:30:00Z"},
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-06-14T08:58:17Z", 1781427497.0),
+        ("2026-06-14T08:58:17.1Z", 1781427497.1),
+        ("2026-06-14T08:58:17.133340942Z", 1781427497.133340942),
+        ("2026-06-14T10:58:17.5+02:00", 1781427497.5),
+        ("2026-06-14t08:58:17z", 1781427497.0),
+    ],
+)
+def test_timestamps_with_zero_to_nine_fraction_digits(text: str, expected: float) -> None:
+    assert parse_timestamp(text) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "2026-06-14", "2026-06-14T08:58:17", "2026-13-01T00:00:00Z", "x", "2026-06-14T08:58:17.1234567890Z"]
+)
+def test_bad_timestamps_are_rejected(text: str) -> None:
+    with pytest.raises(ParseError):
+        parse_timestamp(text)
+
+
+def test_g1_completed_run() -> None:
+    run = parse_run(G1_COMPLETED)
+    assert run.status == "completed"
+    assert run.duration_s == pytest.approx(17.268)
+    assert run.completed_at == pytest.approx(1781427514.433744)
+    assert run.started_at == pytest.approx(1781427497.165588)
+    assert run.error_type is None
+    assert run.terminal
+
+
+def test_g1_running_run_omits_completion_keys() -> None:
+    data = {k: v for k, v in G1_COMPLETED.items() if k not in ("completed_at", "duration_ms")}
+    data["status"] = "running"
+    run = parse_run(data)
+    assert run.status == "running" and run.completed_at is None and run.duration_s is None
+    assert not run.terminal
+
+
+def test_g2_record_with_error_is_a_failed_run() -> None:
+    run = parse_run(G2_FAILED)
+    assert run.status == "failed"
+    assert run.error_type == "environment_archived_error"
+    assert run.duration_s is None
+    assert run.trigger == "schedule"
+
+
+def test_g2_record_with_session_is_a_completed_run_finished_at_creation() -> None:
+    data = dict(G2_FAILED, error=None, session_id="sess_019ec55a68b37e1e8d660691af161ab4")
+    run = parse_run(data)
+    assert run.status == "completed"
+    assert run.completed_at == run.created_at
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert parse_run(dict(G1_COMPLETED, brand_new_field={"x": 1})).status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"id": None}, "run.id"),
+        ({"deployment_id": 5}, "run.deployment_id"),
+        ({"created_at": "yesterday"}, "run.created_at"),
+        ({"status": "exploded"}, "run.status"),
+        ({"duration_ms": "17s"}, "run.duration_ms"),
+        ({"duration_ms": -1}, "run.duration_ms"),
+        ({"completed_at": 12}, "run.completed_at"),
+        ({"error": "boom"}, "run.error"),
+    ],
+)
+def test_bad_run_fields_are_named(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_run(dict(G1_COMPLETED, **change))
+    assert err.value.field == field
+
+
+def test_g2_record_without_outcome_is_rejected() -> None:
+    with pytest.raises(ParseError, match="run.status"):
+        parse_run(dict(G2_FAILED, error=None, session_id=None))
+
+
+def test_not_an_object() -> None:
+    with pytest.raises(ParseError, match="run"):
+        parse_run(["not", "a", "run"])
+
+
+def test_deployment_from_docs_example() -> None:
+    dep = parse_deployment(
+        {
+            "id": "dep_019ec556114c78f8b60ee34fcb98bf59", "name": "daily-status-report",
+            "agent": {"id": "agent_x", "type": "agent", "version": 1},
+            "status": "paused", "paused_reason": {"type": "manual"},
+            "schedule": {"type": "cron", "expression": "30 9 * * 1-5",
+                         "timezone": "Asia/Shanghai"},
+            "metadata": {"cas_config": {"stats": {"consecutive_failures": 2,
+                                                  "next_trigger_at": "2026-06-15T01:30:00Z"}}},
+            "created_at": "2026-06-14T08:53:32Z",
+        }
+    )
+    assert dep.name == "daily-status-report"
+    assert dep.status == "paused" and dep.paused_reason == "manual"
+    assert dep.schedule == "30 9 * * 1-5 (Asia/Shanghai)"
+    assert dep.consecutive_failures == 2
+    assert dep.next_trigger_at == pytest.approx(parse_timestamp("2026-06-15T01:30:00Z"))
+
+
+def test_minimal_deployment_and_g2_string_metadata() -> None:
+    dep = parse_deployment({"id": "dep_1", "metadata": {"team": "sre"}, "schedule": None})
+    assert dep.name == "dep_1" and dep.schedule == "manual" and dep.status == "unknown"
+    assert dep.consecutive_failures is None
+
+
+def test_deployment_without_id_is_rejected() -> None:
+    with pytest.raises(ParseError, match="deployment.id"):
+        parse_deployment({"name": "x"})

@@ -1,0 +1,265 @@
+"""Table-driven tests of the pure sync logic (RunStore) with plain lists of runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from qoder_exporter.models import Run
+from qoder_exporter.sync import RunStore, SyncPlan, reached_known
+
+DEP = "dep_a"
+H = 3600.0
+LOOKBACK = 24 * H
+T0 = 1_800_000_000.0
+
+
+def run(
+    rid: str, created: float, status: str, *, duration: float | None = None,
+    completed: float | None = None, error: str | None = None, dep: str = DEP,
+) -> Run:
+    if status in ("completed", "failed") and completed is None:
+        completed = created + (duration or 0.0)
+    return Run(
+        id=rid, deployment_id=dep, created_at=created, status=status,
+        completed_at=completed, duration_s=duration,
+        error_type=error if status == "failed" else None,
+    )
+
+
+def store() -> RunStore:
+    return RunStore((10.0, 60.0, 600.0))
+
+
+def poll(s: RunStore, now: float, runs: list[Run], *, vanished: tuple[str, ...] = ()) -> int:
+    history = DEP not in s.deployments
+    return s.apply(DEP, runs, now, LOOKBACK, history=history, vanished=vanished).counted
+
+
+# Each case: a list of polls (time offset, runs seen), then the expected totals.
+CASES = {
+    "history is not counted": (
+        [(0, [run("r1", -H, "completed", duration=5), run("r2", -2 * H, "failed", duration=7)])],
+        {"completed": 0, "failed": 0, "skipped": 0},
+    ),
+    "in flight at start, finishes later": (
+        [
+            (0, [run("r1", -60, "running")]),
+            (60, [run("r1", -60, "completed", duration=50)]),
+        ],
+        {"completed": 1, "failed": 0, "skipped": 0},
+    ),
+    "pending to running to failed": (
+        [
+            (0, []),
+            (60, [run("r1", 30, "pending")]),
+            (120, [run("r1", 30, "running")]),
+            (180, [run("r1", 30, "failed", duration=100, error="unknown_error")]),
+            (240, [run("r1", 30, "failed", duration=100, error="unknown_error")]),
+        ],
+        {"completed": 0, "failed": 1, "skipped": 0},
+    ),
+    "new runs already finished are counted": (
+        [
+            (0, [run("r0", -H, "completed", duration=3)]),
+            (60, [run("r1", 10, "completed", duration=20), run("r2", 20, "skipped")]),
+        ],
+        {"completed": 1, "failed": 0, "skipped": 1},
+    ),
+    "duplicate pages count once": (
+        [
+            (0, []),
+            (60, [run("r1", 10, "completed", duration=20)] * 3),
+            (120, [run("r1", 10, "completed", duration=20)]),
+        ],
+        {"completed": 1, "failed": 0, "skipped": 0},
+    ),
+    "overlapping sightings keep the most advanced status": (
+        [
+            (0, []),
+            (60, [run("r1", 10, "running"), run("r1", 10, "completed", duration=20)]),
+        ],
+        {"completed": 1, "failed": 0, "skipped": 0},
+    ),
+    "a status regression is ignored": (
+        [
+            (0, []),
+            (60, [run("r1", 10, "completed", duration=20)]),
+            (120, [run("r1", 10, "running")]),
+            (180, [run("r1", 10, "completed", duration=20)]),
+        ],
+        {"completed": 1, "failed": 0, "skipped": 0},
+    ),
+    "finished while the API was unreachable": (
+        # polls at 60..300 failed (nothing applied); the run is seen again at 360
+        [
+            (0, [run("r1", -10, "running")]),
+            (360, [run("r1", -10, "completed", duration=200)]),
+        ],
+        {"completed": 1, "failed": 0, "skipped": 0},
+    ),
+    "a run older than the window still in flight is counted when it ends": (
+        [
+            (0, [run("stuck", -30 * H, "running")]),
+            (2 * H, [run("stuck", -30 * H, "completed", duration=32 * H)]),
+        ],
+        {"completed": 1, "failed": 0, "skipped": 0},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_exactly_once(name: str) -> None:
+    polls, expected = CASES[name]
+    s = store()
+    for offset, runs in polls:
+        poll(s, T0 + offset, [_shift(r) for r in runs])
+    assert s.deployments[DEP].totals == expected
+
+
+def _shift(r: Run) -> Run:
+    return Run(
+        id=r.id, deployment_id=r.deployment_id, created_at=T0 + r.created_at, status=r.status,
+        completed_at=None if r.completed_at is None else T0 + r.completed_at,
+        duration_s=r.duration_s, error_type=r.error_type,
+    )
+
+
+def at(rid: str, offset: float, status: str, **kw: float) -> Run:
+    return _shift(run(rid, offset, status, **kw))  # type: ignore[arg-type]
+
+
+def test_histogram_and_errors_observed_once() -> None:
+    s = store()
+    poll(s, T0, [])
+    poll(s, T0 + 60, [at("r1", 10, "completed", duration=5), at("r2", 20, "completed", duration=61)])
+    poll(s, T0 + 120, [at("r1", 10, "completed", duration=5), _failed("r3", 30, "x_error")])
+    state = s.deployments[DEP]
+    hist = state.durations["completed"]
+    assert hist.cumulative() == [1, 1, 2, 2]  # le=10, 60, 600, +Inf
+    assert hist.total == pytest.approx(66.0)
+    assert state.errors == {"x_error": 1}
+    assert state.durations["failed"].cumulative() == [0, 1, 1, 1]
+
+
+def _failed(rid: str, offset: float, error: str) -> Run:
+    return _shift(run(rid, offset, "failed", duration=30, error=error))
+
+
+def test_bucket_boundary_is_inclusive() -> None:
+    s = store()
+    poll(s, T0, [])
+    poll(s, T0 + 60, [at("r1", 10, "completed", duration=10.0)])
+    assert s.deployments[DEP].durations["completed"].cumulative() == [1, 1, 1, 1]
+
+
+def test_recent_window_by_status() -> None:
+    s = store()
+    runs = [
+        at("old", -25 * H, "completed", duration=1),
+        at("edge", -24 * H, "failed", duration=1),
+        at("r1", -H, "completed", duration=1),
+        at("r2", -60, "running"),
+        at("r3", -5, "pending"),
+    ]
+    poll(s, T0, runs)
+    assert s.recent(DEP, T0, LOOKBACK) == {
+        "pending": 1, "running": 1, "completed": 1, "failed": 1, "skipped": 0,
+    }
+    # The window slides: an hour later the edge run is out.
+    assert s.recent(DEP, T0 + H, LOOKBACK)["failed"] == 0
+
+
+def test_last_success_survives_eviction_and_comes_from_history() -> None:
+    s = store()
+    poll(s, T0, [at("ancient", -5 * 24 * H, "completed", duration=3)])
+    state = s.deployments[DEP]
+    assert state.last_success == pytest.approx(T0 - 5 * 24 * H + 3)
+    assert "ancient" not in state.runs  # older than the window: not held
+    assert state.totals["completed"] == 0
+
+
+def test_last_run_status_is_newest_finished() -> None:
+    s = store()
+    poll(s, T0, [at("a", -100, "completed", duration=1), at("b", -50, "failed", duration=1)])
+    assert s.deployments[DEP].last_finished is not None
+    assert s.deployments[DEP].last_finished[2] == "failed"
+    poll(s, T0 + 60, [at("c", 10, "running")])  # in flight does not change it
+    assert s.deployments[DEP].last_finished[2] == "failed"
+
+
+def test_evicted_runs_seen_again_are_not_recounted() -> None:
+    s = store()
+    poll(s, T0, [])
+    poll(s, T0 + 60, [at("r1", 10, "completed", duration=1)])
+    poll(s, T0 + 25 * H, [])  # r1 leaves the window
+    assert "r1" not in s.deployments[DEP].runs
+    poll(s, T0 + 25 * H + 60, [at("r1", 10, "completed", duration=1)])  # overlap page
+    assert s.deployments[DEP].totals["completed"] == 1
+
+
+def test_clock_jump_back_does_not_lower_the_floor() -> None:
+    s = store()
+    poll(s, T0, [])
+    poll(s, T0 + 60, [at("r1", 10, "completed", duration=1)])
+    poll(s, T0 + 25 * H, [])
+    floor = s.deployments[DEP].floor
+    poll(s, T0 + 60, [at("r1", 10, "completed", duration=1)])  # clock went back a day
+    assert s.deployments[DEP].floor == floor
+    assert s.deployments[DEP].totals["completed"] == 1
+
+
+def test_vanished_in_flight_run_is_dropped_uncounted() -> None:
+    s = store()
+    poll(s, T0, [at("r1", -10, "running")])
+    poll(s, T0 + 60, [], vanished=("r1",))
+    assert "r1" not in s.deployments[DEP].runs
+    assert s.deployments[DEP].totals["completed"] == 0
+
+
+def test_runs_of_other_deployments_are_ignored() -> None:
+    s = store()
+    poll(s, T0, [])
+    poll(s, T0 + 60, [_shift(run("x", 10, "completed", duration=1, dep="dep_other"))])
+    assert s.deployments[DEP].totals["completed"] == 0
+
+
+def test_state_is_bounded_by_window_plus_in_flight() -> None:
+    s = store()
+    poll(s, T0, [])
+    n = 0
+    for minute in range(1, 3 * 24 * 60):  # three days, one run a minute
+        now = T0 + minute * 60
+        poll(s, now, [at(f"r{minute}", minute * 60 - 30, "completed", duration=5)])
+        n += 1
+        assert len(s.deployments[DEP].runs) <= 24 * 60 + 1
+    assert s.deployments[DEP].totals["completed"] == n
+
+
+def test_plan_freezes_what_workers_need() -> None:
+    s = store()
+    assert s.plan(DEP, T0, LOOKBACK).initial
+    poll(s, T0, [at("a", -60, "running"), at("b", -30, "completed", duration=1)])
+    plan = s.plan(DEP, T0 + 60, LOOKBACK)
+    assert not plan.initial
+    assert plan.known == {"a", "b"}
+    assert plan.in_flight == {"a"}
+    assert plan.watermark == pytest.approx(T0 - 30)
+
+
+@pytest.mark.parametrize(
+    ("runs", "expected"),
+    [
+        ([], False),
+        ([at("new", 100, "pending")], False),
+        ([at("new", 100, "pending"), at("known", 50, "completed")], True),
+        # the newest known run shares the watermark: keep reading past it (tie-break margin)
+        ([at("new", 100, "pending"), at("top", 98, "completed")], False),
+        ([at("older", -25 * H, "completed")], True),  # below the floor
+    ],
+)
+def test_paging_stops_once_past_known_runs(runs: list[Run], expected: bool) -> None:
+    plan = SyncPlan(
+        initial=False, known=frozenset({"known", "top"}), in_flight=frozenset(),
+        floor=T0 - LOOKBACK, watermark=T0 + 98, has_success=True,
+    )
+    assert reached_known(runs, plan) is expected
