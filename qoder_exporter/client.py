@@ -35,6 +35,10 @@ class QoderError(Exception):
 class TransportError(QoderError):
     """No usable HTTP answer: connection refused or reset, timeout."""
 
+    def __init__(self, message: str, *, endpoint: str, kind: str = "connection") -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.kind = kind
+
 
 class InvalidResponseError(QoderError):
     """The API answered 2xx with a body we cannot read."""
@@ -155,11 +159,13 @@ class QoderClient:
         self.max_retries = max_retries
         self.bucket = TokenBucket(requests_per_second)
         self.observer = observer
+        # Told of every failed attempt (endpoint, error kind), retried or not.
+        self.on_error: Callable[[str, str], None] | None = None
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = f"qoder-exporter/{__version__}"
         self.session.headers["Accept"] = "application/json"
         # requests' own retries are off: ours are bounded, jittered and observable.
-        self._sleep = time.sleep
+        self.sleep: Callable[[float], None] = time.sleep
 
     def __repr__(self) -> str:
         return f"QoderClient(base_url={self.base_url!r}, token=<redacted>)"
@@ -235,9 +241,17 @@ class QoderClient:
                 delay = min(8.0, 0.5 * 2**attempt) * random.uniform(0.75, 1.25)
                 log.debug("retrying %s in %.2fs after: %s", endpoint, delay, exc)
                 attempt += 1
-                self._sleep(delay)
+                self.sleep(delay)
 
     def _get_once(self, endpoint: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        try:
+            return self._attempt(endpoint, path, params)
+        except QoderError as exc:
+            if self.on_error is not None:
+                self.on_error(endpoint, error_kind(exc))
+            raise
+
+    def _attempt(self, endpoint: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
         self.bucket.acquire()
         start = time.monotonic()
         code = "error"
@@ -252,7 +266,9 @@ class QoderClient:
             body = response.content
         except requests.Timeout:
             code = "timeout"
-            raise TransportError(f"{endpoint}: timed out", endpoint=endpoint) from None
+            raise TransportError(
+                f"{endpoint}: timed out", endpoint=endpoint, kind="timeout"
+            ) from None
         except requests.RequestException as exc:
             # `from None`: requests' exceptions hold the prepared request, headers and all.
             raise TransportError(
@@ -275,6 +291,19 @@ class QoderClient:
                 )
             return parsed
         raise _error_from(endpoint, status, body, response.headers)
+
+
+def error_kind(exc: QoderError) -> str:
+    """A bounded label for an error: timeout, connection, invalid_response or the API's type."""
+    if isinstance(exc, TransportError):
+        return exc.kind
+    if isinstance(exc, InvalidResponseError):
+        return "invalid_response"
+    if isinstance(exc, APIError):
+        # error.type comes from the server: keep the label set bounded to well-formed names.
+        t = exc.error_type
+        return t if len(t) <= 40 and t.replace("_", "").isalnum() else "other"
+    return "other"
 
 
 class _Bearer(requests.auth.AuthBase):

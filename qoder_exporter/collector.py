@@ -23,6 +23,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.openmetrics import exposition as om_format
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .models import STATUSES, TERMINAL
@@ -36,7 +37,7 @@ _OM_EOF = b"# EOF\n"
 
 
 def _float_le(bound: float) -> str:
-    return text_format.floatToGoString(bound)
+    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
 
 
 def _buckets(bounds: tuple[float, ...], data: HistogramData | None) -> list[tuple[str, float]]:
@@ -164,12 +165,11 @@ def _add_deployment(
 
 def _self_families(snap: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(
-        "qoder_up", "1 when the last poll reached the Qoder API and authenticated.",
+        "qoder_up",
+        "1 when the last poll reached the Qoder API and authenticated.",
         value=1.0 if snap.up else 0.0,
     )
-    polls = CounterMetricFamily(
-        "qoder_exporter_polls", "Poll cycles by result.", labels=["result"]
-    )
+    polls = CounterMetricFamily("qoder_exporter_polls", "Poll cycles by result.", labels=["result"])
     for result in ("success", "failure"):
         polls.add_metric([result], float(snap.polls.get(result, 0)))
     yield polls
@@ -177,7 +177,8 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
         "qoder_exporter_poll_duration_seconds", "Duration of poll cycles."
     )
     poll_hist.add_metric(
-        [], _buckets(snap.poll_duration_buckets, snap.poll_duration),
+        [],
+        _buckets(snap.poll_duration_buckets, snap.poll_duration),
         snap.poll_duration.total if snap.poll_duration else 0.0,
     )
     yield poll_hist
@@ -190,7 +191,7 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
     yield last_poll
     reqs = CounterMetricFamily(
         "qoder_exporter_api_requests",
-        "Requests sent to the Qoder API by endpoint and HTTP status code (error/timeout: none).",
+        "Requests sent to the Qoder API by endpoint and HTTP status (error/timeout: no answer).",
         labels=["endpoint", "code"],
     )
     for (endpoint, code), count in sorted(snap.requests.items()):
@@ -202,9 +203,7 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
         labels=["endpoint"],
     )
     for endpoint, data in sorted(snap.request_durations.items()):
-        req_hist.add_metric(
-            [endpoint], _buckets(snap.request_duration_buckets, data), data.total
-        )
+        req_hist.add_metric([endpoint], _buckets(snap.request_duration_buckets, data), data.total)
     yield req_hist
     yield CounterMetricFamily(
         "qoder_exporter_rate_limit_waits",
@@ -221,6 +220,15 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
         "Times the API answered 429 (or 503 with Retry-After) and the exporter backed off.",
         value=float(snap.rate_limited),
     )
+    errors = CounterMetricFamily(
+        "qoder_exporter_api_errors",
+        "Failed API request attempts (retried or not) by endpoint and error type: timeout, "
+        "connection, invalid_response, or the API's error.type.",
+        labels=["endpoint", "error_type"],
+    )
+    for (endpoint, kind), n in sorted(snap.api_errors.items()):
+        errors.add_metric([endpoint, kind], float(n))
+    yield errors
     invalid = CounterMetricFamily(
         "qoder_exporter_invalid_records",
         "API records that could not be parsed and were skipped, by kind.",
@@ -272,8 +280,10 @@ class _Rendered:
 
 def _age_templates(snap: Snapshot) -> tuple[tuple[str, tuple[tuple[str, float | None], ...]], ...]:
     success = tuple(
-        (f'qoder_deployment_last_success_age_seconds{{deployment_id="{_escape(d.id)}"}} ',
-         d.last_success)
+        (
+            f'qoder_deployment_last_success_age_seconds{{deployment_id="{_escape(d.id)}"}} ',
+            d.last_success,
+        )
         for d in snap.deployments
         if d.last_success is not None
     )
@@ -317,15 +327,14 @@ class Exposition:
     def update(self, snapshot: Snapshot) -> None:
         """Render a new snapshot once; scrapes keep serving the old bytes meanwhile."""
         with self._lock:
-            self._collector.snapshot = snapshot
             rendered = self._render(snapshot)
             # One reference swap: a scrape sees either the old or the new body, never a mix.
             self._rendered, self.snapshot = rendered, snapshot
 
     def _render(self, snapshot: Snapshot) -> _Rendered:
-        self._collector.snapshot = snapshot
+        self._collector.snapshot = snapshot  # the registry renders what the collector holds
         text = text_format.generate_latest(self._registry)
-        om = om_format.generate_latest(self._registry)
+        om: bytes = om_format.generate_latest(self._registry)  # type: ignore[no-untyped-call]
         om = om.removesuffix(_OM_EOF)
         return _Rendered(
             text, gzip.compress(text, 6), om, gzip.compress(om, 6), _age_templates(snapshot)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .client import (
+    MAX_RETRY_AFTER,
     AuthenticationError,
     NotFoundError,
     PermissionDeniedError,
@@ -63,6 +64,7 @@ class SelfMetrics:
         self.requests: dict[tuple[str, str], int] = {}
         self.durations: dict[str, Histogram] = {}
         self.invalid: dict[str, int] = {}
+        self.errors: dict[tuple[str, str], int] = {}
         self.rate_limited = 0
 
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
@@ -74,16 +76,29 @@ class SelfMetrics:
                 hist = self.durations[endpoint] = Histogram([0] * (len(REQUEST_BUCKETS) + 1))
             hist.observe(REQUEST_BUCKETS, seconds)
 
+    def count_error(self, endpoint: str, kind: str) -> None:
+        with self._lock:
+            key = (endpoint, kind)
+            self.errors[key] = self.errors.get(key, 0) + 1
+
     def count_invalid(self, kind: str) -> None:
         with self._lock:
             self.invalid[kind] = self.invalid.get(kind, 0) + 1
 
-    def copy(self) -> tuple[dict[tuple[str, str], int], dict[str, HistogramData], dict[str, int]]:
+    def copy(
+        self,
+    ) -> tuple[
+        dict[tuple[str, str], int],
+        dict[str, HistogramData],
+        dict[str, int],
+        dict[tuple[str, str], int],
+    ]:
         with self._lock:
             return (
                 dict(self.requests),
                 {k: _frozen(h) for k, h in self.durations.items()},
                 dict(self.invalid),
+                dict(self.errors),
             )
 
 
@@ -108,6 +123,7 @@ class Poller:
             requests_per_second=config.api.requests_per_second,
         )
         self.client.observer = self.metrics.observe_request
+        self.client.on_error = self.metrics.count_error
         self.clock = clock
         self.on_snapshot = on_snapshot
         self.store = RunStore(config.duration_buckets)
@@ -117,7 +133,8 @@ class Poller:
         self._deleted: set[str] = set()
         self._sync: dict[str, _SyncStatus] = {}
         self._metadata_at: float | None = None
-        self._paused_until = 0.0  # monotonic
+        # On self.clock, the clock Retry-After speaks of (and one tests can step).
+        self._paused_until = 0.0
         self._polls: dict[str, int] = {"success": 0, "failure": 0}
         self._poll_hist = Histogram([0] * (len(POLL_BUCKETS) + 1))
         self._up = False
@@ -136,7 +153,7 @@ class Poller:
             self.poll_once()
             self.heartbeat = time.monotonic()
             wait = max(self.config.poll_interval - (time.monotonic() - began), 0.0)
-            wait = max(wait, self._paused_until - time.monotonic())
+            wait = max(wait, self._paused_until - self.clock())
             stop.wait(wait)
 
     def poll_once(self) -> bool:
@@ -361,7 +378,11 @@ class Poller:
             info is not None and info.created_at is not None and info.created_at >= self.started_at
         )
         result = self.store.apply(
-            dep_id, fetched.runs, now, self.lookback(dep_id), history=history,
+            dep_id,
+            fetched.runs,
+            now,
+            self.lookback(dep_id),
+            history=history,
             vanished=fetched.vanished,
         )
         if result.vanished:
@@ -381,12 +402,15 @@ class Poller:
 
     def _pause(self, exc: RateLimitedError) -> None:
         self.metrics.rate_limited += 1
-        until = time.monotonic() + exc.retry_after
+        until = self.clock() + exc.retry_after
         self._paused_until = max(self._paused_until, until)
         log.warning("API rate limit: backing off for %.1fs", exc.retry_after)
 
     def _check_pause(self) -> None:
-        if time.monotonic() < self._paused_until:
+        left = self._paused_until - self.clock()
+        if left > MAX_RETRY_AFTER:
+            self._paused_until = 0.0  # the wall clock stepped back: do not wait for hours
+        elif left > 0:
             raise _Paused()
 
     # --- snapshot ----------------------------------------------------------------------
@@ -415,7 +439,7 @@ class Poller:
                     last_error=sync.error,
                 )
             )
-        requests, durations, invalid = self.metrics.copy()
+        requests, durations, invalid, errors = self.metrics.copy()
         return Snapshot(
             taken_at=now,
             buckets=self.store.buckets,
@@ -434,6 +458,7 @@ class Poller:
             rate_limit_wait_seconds=self.client.bucket.waited_seconds,
             rate_limited=self.metrics.rate_limited,
             invalid_records=invalid,
+            api_errors=errors,
             tracked_runs=self.store.size(),
             last_error=self._last_error,
         )

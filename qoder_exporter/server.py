@@ -146,7 +146,7 @@ class ExporterServer:
             protocol_version = "HTTP/1.1"
             server_version = f"qoder-exporter/{__version__}"
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 path = urlsplit(self.path).path
                 if path == "/metrics":
                     self._metrics()
@@ -162,7 +162,7 @@ class ExporterServer:
                 else:
                     self._send(404, "text/plain", b"not found\n")
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 self.do_GET()
 
             def _metrics(self) -> None:
@@ -187,4 +187,3 @@ class ExporterServer:
                 log.debug("%s %s", self.address_string(), format % args)
 
         return Handler
-

@@ -53,5 +53,6 @@ class Snapshot:
     rate_limit_wait_seconds: float = 0.0
     rate_limited: int = 0
     invalid_records: dict[str, int] = field(default_factory=dict)
+    api_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     tracked_runs: int = 0
     last_error: str | None = None
