@@ -9,22 +9,32 @@ import pytest
 from qoder_exporter.models import ParseError, parse_deployment, parse_run, parse_timestamp
 
 G1_COMPLETED: dict[str, Any] = {
-    "id": "drun_019ec55a68af73028afa5b87931cb2f3", "type": "deployment_run",
+    "id": "drun_019ec55a68af73028afa5b87931cb2f3",
+    "type": "deployment_run",
     "deployment_id": "dep_019ec55a2b687b3f94eee77dd77e4b2a",
     "agent": {"id": "agent_019ebb21ef8e7df6a559052c94875160", "type": "agent", "version": 1},
-    "status": "completed", "error": None, "trigger_context": {"type": "manual"},
+    "status": "completed",
+    "error": None,
+    "trigger_context": {"type": "manual"},
     "session_id": "sess_019ec55a68b37e1e8d660691af161ab4",
-    "cas_run_extras": {"attempt": 1, "turn_id": "turn_019ec55a68b87a9dafad75c1554d1102",
-                       "started_at": "2026-06-14T08:58:17.165588Z"},
-    "triggered_at": "2026-06-14T08:58:17.13334Z", "created_at": "2026-06-14T08:58:17.13334Z",
-    "completed_at": "2026-06-14T08:58:34.433744Z", "duration_ms": 17268,
+    "cas_run_extras": {
+        "attempt": 1,
+        "turn_id": "turn_019ec55a68b87a9dafad75c1554d1102",
+        "started_at": "2026-06-14T08:58:17.165588Z",
+    },
+    "triggered_at": "2026-06-14T08:58:17.13334Z",
+    "created_at": "2026-06-14T08:58:17.13334Z",
+    "completed_at": "2026-06-14T08:58:34.433744Z",
+    "duration_ms": 17268,
 }
 
 G2_FAILED: dict[str, Any] = {
-    "id": "drun_019ec55a68af73028afa5b87931cb2f3", "type": "deployment_run",
+    "id": "drun_019ec55a68af73028afa5b87931cb2f3",
+    "type": "deployment_run",
     "deployment_id": "dep_019ec55a2b687b3f94eee77dd77e4b2a",
     "agent": {"id": "agent_019ebb21ef8e7df6a559052c94875160", "type": "agent", "version": 1},
-    "created_at": "2026-06-14T08:58:17Z", "session_id": None,
+    "created_at": "2026-06-14T08:58:17Z",
+    "session_id": None,
     "error": {"type": "environment_archived_error", "message": "environment env_x is archived"},
     "trigger_context": {"type": "schedule", "scheduled_at": "2026-06-15T01:30:00Z"},
 }
@@ -45,7 +55,15 @@ def test_timestamps_with_zero_to_nine_fraction_digits(text: str, expected: float
 
 
 @pytest.mark.parametrize(
-    "text", ["", "2026-06-14", "2026-06-14T08:58:17", "2026-13-01T00:00:00Z", "x", "2026-06-14T08:58:17.1234567890Z"]
+    "text",
+    [
+        "",
+        "2026-06-14",
+        "2026-06-14T08:58:17",
+        "2026-13-01T00:00:00Z",
+        "x",
+        "2026-06-14T08:58:17.1234567890Z",
+    ],
 )
 def test_bad_timestamps_are_rejected(text: str) -> None:
     with pytest.raises(ParseError):
@@ -109,7 +127,7 @@ def test_bad_run_fields_are_named(change: dict[str, Any], field: str) -> None:
 
 
 def test_g2_record_without_outcome_is_rejected() -> None:
-    with pytest.raises(ParseError, match="run.status"):
+    with pytest.raises(ParseError, match=r"run\.status"):
         parse_run(dict(G2_FAILED, error=None, session_id=None))
 
 
@@ -121,13 +139,17 @@ def test_not_an_object() -> None:
 def test_deployment_from_docs_example() -> None:
     dep = parse_deployment(
         {
-            "id": "dep_019ec556114c78f8b60ee34fcb98bf59", "name": "daily-status-report",
+            "id": "dep_019ec556114c78f8b60ee34fcb98bf59",
+            "name": "daily-status-report",
             "agent": {"id": "agent_x", "type": "agent", "version": 1},
-            "status": "paused", "paused_reason": {"type": "manual"},
-            "schedule": {"type": "cron", "expression": "30 9 * * 1-5",
-                         "timezone": "Asia/Shanghai"},
-            "metadata": {"cas_config": {"stats": {"consecutive_failures": 2,
-                                                  "next_trigger_at": "2026-06-15T01:30:00Z"}}},
+            "status": "paused",
+            "paused_reason": {"type": "manual"},
+            "schedule": {"type": "cron", "expression": "30 9 * * 1-5", "timezone": "Asia/Shanghai"},
+            "metadata": {
+                "cas_config": {
+                    "stats": {"consecutive_failures": 2, "next_trigger_at": "2026-06-15T01:30:00Z"}
+                }
+            },
             "created_at": "2026-06-14T08:53:32Z",
         }
     )
@@ -145,5 +167,5 @@ def test_minimal_deployment_and_g2_string_metadata() -> None:
 
 
 def test_deployment_without_id_is_rejected() -> None:
-    with pytest.raises(ParseError, match="deployment.id"):
+    with pytest.raises(ParseError, match=r"deployment\.id"):
         parse_deployment({"name": "x"})

@@ -14,14 +14,24 @@ T0 = 1_800_000_000.0
 
 
 def run(
-    rid: str, created: float, status: str, *, duration: float | None = None,
-    completed: float | None = None, error: str | None = None, dep: str = DEP,
+    rid: str,
+    created: float,
+    status: str,
+    *,
+    duration: float | None = None,
+    completed: float | None = None,
+    error: str | None = None,
+    dep: str = DEP,
 ) -> Run:
     if status in ("completed", "failed") and completed is None:
         completed = created + (duration or 0.0)
     return Run(
-        id=rid, deployment_id=dep, created_at=created, status=status,
-        completed_at=completed, duration_s=duration,
+        id=rid,
+        deployment_id=dep,
+        created_at=created,
+        status=status,
+        completed_at=completed,
+        duration_s=duration,
         error_type=error if status == "failed" else None,
     )
 
@@ -118,9 +128,13 @@ def test_exactly_once(name: str) -> None:
 
 def _shift(r: Run) -> Run:
     return Run(
-        id=r.id, deployment_id=r.deployment_id, created_at=T0 + r.created_at, status=r.status,
+        id=r.id,
+        deployment_id=r.deployment_id,
+        created_at=T0 + r.created_at,
+        status=r.status,
         completed_at=None if r.completed_at is None else T0 + r.completed_at,
-        duration_s=r.duration_s, error_type=r.error_type,
+        duration_s=r.duration_s,
+        error_type=r.error_type,
     )
 
 
@@ -131,7 +145,9 @@ def at(rid: str, offset: float, status: str, **kw: float) -> Run:
 def test_histogram_and_errors_observed_once() -> None:
     s = store()
     poll(s, T0, [])
-    poll(s, T0 + 60, [at("r1", 10, "completed", duration=5), at("r2", 20, "completed", duration=61)])
+    poll(
+        s, T0 + 60, [at("r1", 10, "completed", duration=5), at("r2", 20, "completed", duration=61)]
+    )
     poll(s, T0 + 120, [at("r1", 10, "completed", duration=5), _failed("r3", 30, "x_error")])
     state = s.deployments[DEP]
     hist = state.durations["completed"]
@@ -163,7 +179,11 @@ def test_recent_window_by_status() -> None:
     ]
     poll(s, T0, runs)
     assert s.recent(DEP, T0, LOOKBACK) == {
-        "pending": 1, "running": 1, "completed": 1, "failed": 1, "skipped": 0,
+        "pending": 1,
+        "running": 1,
+        "completed": 1,
+        "failed": 1,
+        "skipped": 0,
     }
     # The window slides: an hour later the edge run is out.
     assert s.recent(DEP, T0 + H, LOOKBACK)["failed"] == 0
@@ -259,7 +279,11 @@ def test_plan_freezes_what_workers_need() -> None:
 )
 def test_paging_stops_once_past_known_runs(runs: list[Run], expected: bool) -> None:
     plan = SyncPlan(
-        initial=False, known=frozenset({"known", "top"}), in_flight=frozenset(),
-        floor=T0 - LOOKBACK, watermark=T0 + 98, has_success=True,
+        initial=False,
+        known=frozenset({"known", "top"}),
+        in_flight=frozenset(),
+        floor=T0 - LOOKBACK,
+        watermark=T0 + 98,
+        has_success=True,
     )
     assert reached_known(runs, plan) is expected

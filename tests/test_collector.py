@@ -1,0 +1,155 @@
+"""Golden exposition for a fixed snapshot, parsed back with prometheus_client's parsers."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import platform
+from pathlib import Path
+
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+from prometheus_client.parser import text_string_to_metric_families
+
+from qoder_exporter import __version__
+from qoder_exporter.collector import Exposition
+from qoder_exporter.models import Deployment
+from qoder_exporter.snapshot import DeploymentView, HistogramData, Snapshot
+
+GOLDEN = Path(__file__).parent / "testdata" / "golden.prom"
+NOW = 1_781_400_000.0
+
+
+def fixed_snapshot() -> Snapshot:
+    dep = Deployment(
+        id="dep_019ec556114c78f8b60ee34fcb98bf59",
+        name='nightly "report"',
+        status="active",
+        agent_id="agent_019eb4d4a06d747c865d5800b9c57ae2",
+        schedule="30 9 * * 1-5 (UTC)",
+        consecutive_failures=1,
+        next_trigger_at=NOW + 600,
+    )
+    paused = Deployment(
+        id="dep_019ec556114c78f8b60ee34fcb98bf60",
+        name="weekly",
+        status="paused",
+        agent_id="agent_1",
+        schedule="manual",
+        paused_reason="error",
+    )
+    return Snapshot(
+        taken_at=NOW,
+        buckets=(10.0, 60.0),
+        deployments=(
+            DeploymentView(
+                id=dep.id,
+                info=dep,
+                recent={"pending": 1, "running": 2, "completed": 10, "failed": 3, "skipped": 1},
+                totals={"completed": 4, "failed": 2, "skipped": 1},
+                durations={
+                    "completed": HistogramData((1, 3, 4), 130.5),
+                    "failed": HistogramData((2, 2, 2), 9.0),
+                },
+                errors={"unknown_error": 2},
+                last_success=NOW - 120.0,
+                last_finished_status="failed",
+                oldest_in_flight={"running": NOW - 3600.0},
+                sync_ok=True,
+                last_sync=NOW,
+                last_error=None,
+            ),
+            DeploymentView(
+                id=paused.id,
+                info=paused,
+                recent={},
+                totals={},
+                durations={},
+                errors={},
+                last_success=None,
+                last_finished_status=None,
+                oldest_in_flight={},
+                sync_ok=False,
+                last_sync=NOW,
+                last_error="list_runs: HTTP 500",
+            ),
+        ),
+        up=True,
+        polls_done=3,
+        last_success_poll=NOW,
+        polls={"success": 3, "failure": 1},
+        poll_duration=HistogramData((3, 4), 1.25),
+        poll_duration_buckets=(0.5,),
+        requests={("list_runs", "200"): 7, ("list_runs", "500"): 1},
+        request_durations={"list_runs": HistogramData((8, 8), 0.4)},
+        request_duration_buckets=(0.1,),
+        rate_limit_waits=2,
+        rate_limit_wait_seconds=0.5,
+        invalid_records={"run": 1},
+        tracked_runs=17,
+    )
+
+
+def render(openmetrics: bool = False, compress: bool = False) -> bytes:
+    return Exposition(fixed_snapshot(), lambda: NOW + 30).body(
+        openmetrics=openmetrics, compress=compress
+    )
+
+
+def _normalise(text: str) -> str:
+    # The Python version is the one value that depends on the machine.
+    return text.replace(f'python_version="{platform.python_version()}"', 'python_version="X"')
+
+
+def test_golden_text_exposition() -> None:
+    body = _normalise(render().decode())
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(body)
+    assert body == GOLDEN.read_text(), "run with UPDATE_GOLDEN=1 and review the diff"
+
+
+def test_text_exposition_parses_back() -> None:
+    families = {f.name: f for f in text_string_to_metric_families(render().decode())}
+    runs = {
+        (s.labels["status"]): s.value
+        for s in families["qoder_deployment_runs"].samples
+        if s.labels["deployment_id"].endswith("59") and s.name.endswith("_total")
+    }
+    assert runs == {"completed": 4.0, "failed": 2.0, "skipped": 1.0}
+    ages = families["qoder_deployment_last_success_age_seconds"].samples
+    assert [s.value for s in ages] == [150.0]  # 30 s after the snapshot, 120 s before it
+    info = families["qoder_deployment_info"].samples[0]
+    assert info.labels["name"] == 'nightly "report"'
+    build = families["qoder_exporter_build_info"].samples[0]
+    assert build.labels["version"] == __version__
+
+
+def test_openmetrics_exposition_parses_and_ends_with_eof() -> None:
+    body = render(openmetrics=True).decode()
+    assert body.endswith("# EOF\n") and body.count("# EOF") == 1
+    names = {f.name for f in om_parse(body)}
+    assert {"qoder_deployment_runs", "qoder_deployment_run_duration_seconds", "qoder_up"} <= names
+
+
+def test_gzip_body_decodes_to_the_plain_body() -> None:
+    assert gzip.decompress(render(compress=True)) == render()
+    assert gzip.decompress(render(openmetrics=True, compress=True)) == render(openmetrics=True)
+
+
+def test_every_recent_status_is_present_even_when_zero() -> None:
+    families = {f.name: f for f in text_string_to_metric_families(render().decode())}
+    statuses = [
+        s.labels["status"]
+        for s in families["qoder_deployment_recent_runs"].samples
+        if s.labels["deployment_id"].endswith("60")
+    ]
+    assert statuses == ["pending", "running", "completed", "failed", "skipped"]
+
+
+def test_snapshot_swap_is_atomic_for_readers() -> None:
+    expo = Exposition(fixed_snapshot(), lambda: NOW)
+    before = expo.body(openmetrics=False, compress=False)
+    empty = Snapshot(taken_at=NOW, buckets=(10.0,))
+    expo.update(empty)
+    after = expo.body(openmetrics=False, compress=False)
+    assert before != after
+    assert b"dep_019ec556114c78f8b60ee34fcb98bf59" not in after

@@ -1,0 +1,226 @@
+"""The exporter against the simulator over real HTTP, compared with its ground truth."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from qoder_exporter.poller import Poller
+from qoder_exporter.simulator import Simulator
+
+STEP = 300.0  # a poll every five simulated minutes
+DAY = 86400.0
+
+
+def run_for(sim: Simulator, poller: Poller, seconds: float, step: float = STEP) -> None:
+    for _ in range(int(seconds // step)):
+        sim.advance(step)
+        poller.poll_once()
+
+
+def assert_matches_truth(sim: Simulator, poller: Poller, started: float) -> None:
+    """Exact counts, histogram buckets and sums, window counts and last success."""
+    snap = poller.snapshot
+    views = {v.id: v for v in snap.deployments}
+    assert set(views) == set(sim.deployment_ids())
+    for dep_id, view in views.items():
+        finished = sim.truth_finished(dep_id, since=started)
+        expected = Counter(status for status, _, _ in finished)
+        assert {s: view.totals.get(s, 0) for s in ("completed", "failed", "skipped")} == {
+            s: expected.get(s, 0) for s in ("completed", "failed", "skipped")
+        }, dep_id
+        for status in ("completed", "failed"):
+            durations = sorted(d for s, d, _ in finished if s == status and d is not None)
+            hist = view.durations.get(status)
+            if not durations:
+                assert hist is None or hist.cumulative[-1] == 0
+                continue
+            assert hist is not None, (dep_id, status)
+            assert hist.cumulative[-1] == len(durations)
+            assert hist.total == pytest.approx(sum(durations), abs=1e-3 * len(durations))
+            for bound, count in zip(snap.buckets, hist.cumulative, strict=False):
+                assert count == sum(1 for d in durations if d <= bound + 1e-9), (status, bound)
+        errors = Counter(e for s, _, e in finished if s == "failed")
+        assert view.errors == dict(errors)
+        assert view.recent == sim.truth_recent(dep_id, poller.lookback(dep_id)), dep_id
+        truth_success = sim.truth_last_success(dep_id)
+        if truth_success is None:
+            assert view.last_success is None
+        else:
+            assert view.last_success == pytest.approx(truth_success, abs=1e-3)
+        assert view.last_finished_status == sim.truth_last_finished_status(dep_id)
+
+
+@pytest.mark.parametrize(
+    ("discover", "shape", "page_size"),
+    [(False, "g1", 100), (True, "g1", 100), (False, "g2", 100), (True, "g1", 20)],
+)
+def test_a_simulated_day_matches_ground_truth(
+    sim: Simulator, poller_for: Callable[..., Poller], discover: bool, shape: str, page_size: int
+) -> None:
+    sim.shape = shape
+    poller = poller_for(discover=discover, page_size=page_size)
+    started = sim.clock.now()
+    assert poller.poll_once()
+    run_for(sim, poller, DAY)
+    assert poller.snapshot.up
+    assert sum(sum(v.totals.values()) for v in poller.snapshot.deployments) > 100
+    assert_matches_truth(sim, poller, started)
+
+
+def test_last_success_days_old_and_stuck_run(
+    sim: Simulator, poller_for: Callable[..., Poller]
+) -> None:
+    poller = poller_for()
+    poller.poll_once()
+    run_for(sim, poller, 6 * 3600)
+    views = poller.snapshot.deployments
+    now = sim.clock.now()
+    old = [v for v in views if v.last_success is not None and now - v.last_success > 2 * DAY]
+    assert old, "the simulator has a deployment whose last success is days old"
+    stuck = [v for v in views if now - v.oldest_in_flight.get("running", now) > 5 * 3600]
+    assert stuck, "the stuck run is tracked even though it is older than its peers"
+
+
+def test_quiet_cycle_costs_one_page_per_deployment(
+    sim: Simulator, poller_for: Callable[..., Poller]
+) -> None:
+    poller = poller_for()
+    poller.poll_once()
+    poller.poll_once()
+    sim.reset_counts()
+    assert poller.poll_once()
+    in_flight = sum(len(sim.truth_in_flight(d)) for d in sim.deployment_ids())
+    counts = sim.request_counts
+    assert counts.get("list_runs", 0) == len(sim.deployment_ids())
+    assert counts.get("get_run_global", 0) <= in_flight
+    assert counts.get("list_deployments", 0) == 0  # metadata is refreshed every 5 minutes
+
+
+def test_discover_quiet_cycle_uses_the_feed(
+    sim: Simulator, poller_for: Callable[..., Poller]
+) -> None:
+    poller = poller_for(discover=True)
+    poller.poll_once()
+    poller.poll_once()
+    sim.reset_counts()
+    assert poller.poll_once()
+    counts = sim.request_counts
+    assert counts.get("list_all_runs", 0) == 1
+    assert counts.get("list_runs", 0) == 0
+
+
+def test_api_down_at_start_then_recovers(sim: Simulator, poller_for: Callable[..., Poller]) -> None:
+    poller = poller_for()
+    sim.faults.down = True
+    assert not poller.poll_once()
+    assert not poller.snapshot.up
+    assert poller.snapshot.last_error
+    sim.advance(STEP)
+    sim.faults.down = False
+    started = sim.clock.now()
+    assert poller.poll_once()
+    run_for(sim, poller, 6 * 3600)
+    assert_matches_truth(sim, poller, started)
+
+
+def test_api_down_mid_run_loses_and_doubles_nothing(
+    sim: Simulator, poller_for: Callable[..., Poller]
+) -> None:
+    poller = poller_for()
+    started = sim.clock.now()
+    poller.poll_once()
+    run_for(sim, poller, 3 * 3600)
+    sim.faults.down = True
+    for _ in range(6):  # half an hour of failed polls while runs keep finishing
+        sim.advance(STEP)
+        assert not poller.poll_once()
+        assert not poller.snapshot.up
+    sim.faults.down = False
+    run_for(sim, poller, 3 * 3600)
+    assert poller.snapshot.up
+    assert_matches_truth(sim, poller, started)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error_type"),
+    [
+        ("500", "api_error"),  # the API's own envelope
+        ("502", "http_error"),  # a gateway's HTML page: no envelope
+        ("malformed", "invalid_response"),
+        ("truncated", "invalid_response"),
+        ("reset", "connection"),
+    ],
+)
+def test_transient_faults_are_counted_and_nothing_is_lost(
+    sim: Simulator, poller_for: Callable[..., Poller], kind: str, error_type: str
+) -> None:
+    poller = poller_for()
+    started = sim.clock.now()
+    poller.poll_once()
+    for _ in range(12):
+        sim.faults.inject(kind, count=3, endpoint="list_runs")
+        run_for(sim, poller, STEP)
+    run_for(sim, poller, 3600)
+    assert_matches_truth(sim, poller, started)
+    errors = poller.snapshot.api_errors
+    assert errors.get(("list_runs", error_type), 0) >= 12, errors
+    assert set(errors) == {("list_runs", error_type)}, "only the injected faults are counted"
+
+
+def test_rate_limit_backs_off_without_losing_runs(
+    sim: Simulator, poller_for: Callable[..., Poller]
+) -> None:
+    poller = poller_for()
+    started = sim.clock.now()
+    poller.poll_once()
+    sim.faults.inject("429", count=10, retry_after="120")
+    sim.reset_counts()
+    run_for(sim, poller, 10 * STEP)
+    # Backing off means one probing request per cycle while the storm lasts, not one per
+    # deployment: 10 cycles, 10 answers of 429.
+    assert sim.total_requests() == 10
+    assert poller.snapshot.rate_limited == 10
+    assert not poller.snapshot.up
+    run_for(sim, poller, 2 * 3600)
+    assert poller.snapshot.up
+    assert_matches_truth(sim, poller, started)
+
+
+def test_deleted_deployment_drops_its_series_while_others_go_on(
+    sim: Simulator, poller_for: Callable[..., Poller]
+) -> None:
+    poller = poller_for()
+    poller.poll_once()
+    victim = sim.deployment_ids()[0]
+    sim.delete_deployment(victim)
+    run_for(sim, poller, 3600)
+    ids = {v.id for v in poller.snapshot.deployments}
+    assert victim not in ids
+    assert ids == set(sim.deployment_ids())
+    assert poller.snapshot.up
+
+
+def test_revoked_token_sets_up_to_zero(sim: Simulator, poller_for: Callable[..., Poller]) -> None:
+    poller = poller_for()
+    assert poller.poll_once()
+    sim.faults.revoke_after = 0
+    sim.advance(STEP)
+    assert not poller.poll_once()
+    assert "authentication_error" in (poller.snapshot.last_error or "")
+
+
+def test_new_deployment_is_discovered_and_counted_from_its_first_run(
+    sim: Simulator, poller_for: Callable[..., Poller]
+) -> None:
+    from qoder_exporter.simulator import DeploymentSpec
+
+    poller = poller_for(discover=True)
+    started = sim.clock.now()
+    poller.poll_once()
+    sim.advance(60)
+    sim.add_deployment(DeploymentSpec(name="late", interval_s=300, failure_rate=0.5))
+    run_for(sim, poller, 3 * 3600)
+    assert_matches_truth(sim, poller, started)
