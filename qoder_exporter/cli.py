@@ -28,21 +28,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--config", "--config.file", dest="config", help="path to config.yaml")
     p.add_argument(
-        "--config.check", dest="check", action="store_true",
+        "--config.check",
+        dest="check",
+        action="store_true",
         help="validate the configuration and exit (0 valid, 1 invalid)",
     )
     p.add_argument(
-        "--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
+        "--web.listen-address",
+        dest="listen",
+        default=DEFAULT_LISTEN,
         help=f"address to serve /metrics on (default {DEFAULT_LISTEN})",
     )
-    p.add_argument("--log.level", dest="log_level", default="info",
-                   choices=["debug", "info", "warn", "warning", "error"])
-    p.add_argument("--log.format", dest="log_format", default="logfmt",
-                   choices=["logfmt", "json"])
-    p.add_argument("--demo", action="store_true",
-                   help="run against an embedded Qoder API simulator (no account needed)")
-    p.add_argument("--once", action="store_true",
-                   help="poll once, print the exposition and exit (0 if the poll succeeded)")
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warn", "warning", "error"],
+    )
+    p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="run against an embedded Qoder API simulator (no account needed)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="poll once, print the exposition and exit (0 if the poll succeeded)",
+    )
     p.add_argument("--version", action="version", version=f"qoder-exporter {__version__}")
     args = p.parse_args(argv)
     if not args.config and not args.demo:

@@ -122,9 +122,9 @@ def parse_run(data: object) -> Run:
         raise ParseError("run.status", f"unknown status {str(status)[:40]!r}")
 
     extras = data.get("cas_run_extras")
-    started_at = _opt_time(extras, "started_at", "run.cas_run_extras") if isinstance(
-        extras, dict
-    ) else None
+    started_at = (
+        _opt_time(extras, "started_at", "run.cas_run_extras") if isinstance(extras, dict) else None
+    )
     completed_at = _opt_time(data, "completed_at", "run")
     duration_ms = data.get("duration_ms")
     duration_s: float | None = None

@@ -174,11 +174,7 @@ class RunStore:
         """Drop accounted runs older than the window; the floor never moves back."""
         state = self.deployments[deployment_id]
         state.floor = max(state.floor, now - lookback)
-        old = [
-            rid
-            for rid, t in state.runs.items()
-            if t.accounted and t.created_at < state.floor
-        ]
+        old = [rid for rid, t in state.runs.items() if t.accounted and t.created_at < state.floor]
         for rid in old:
             del state.runs[rid]
 
