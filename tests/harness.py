@@ -1,0 +1,200 @@
+"""Real processes for integration tests: a live exporter over the simulator, and Prometheus.
+
+The exporter runs in-process (Poller + ExporterServer on port 0) against the simulator on a
+stepped clock; a driver thread moves simulated time forward and polls, so that a real
+Prometheus scraping the exporter sees counters move within seconds of wall time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from qoder_exporter.collector import Exposition
+from qoder_exporter.poller import Poller
+from qoder_exporter.server import ExporterServer
+from qoder_exporter.simulator import ManualClock, Simulator
+
+from .conftest import TOKEN, make_config
+
+ROOT = Path(__file__).resolve().parent.parent
+RULE_FILES = [ROOT / "prometheus" / n for n in ("rules.yml", "thresholds.yml", "alerts.yml")]
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; skips without it, but fails under CI=true (CI must install it)."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (scripts/system-deps installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveExporter:
+    """Simulator + poller + HTTP server; `step()` moves simulated time and polls once."""
+
+    def __init__(self, *, deployments: int = 6, seed: int = 7, step_s: float = 300.0) -> None:
+        # Simulated time starts a day in the past so that stepping it never passes the wall
+        # clock: ages computed at scrape time (wall clock) stay positive.
+        self.sim = Simulator(
+            seed=seed, deployments=deployments, token=TOKEN, clock=ManualClock(time.time() - 86400)
+        )
+        self.sim.serve("127.0.0.1", 0)
+        self.step_s = step_s
+        self.poller = Poller(
+            make_config(self.sim, poll_interval="5s", lookback="6h"), clock=self.sim.clock.now
+        )
+        self.poller.client.sleep = lambda _s: None
+        self.exposition = Exposition(self.poller.snapshot, time.time)
+        self.poller.on_snapshot = self.exposition.update
+        self.server = ExporterServer(self.exposition, ("127.0.0.1", 0), healthy=lambda: True)
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.port}"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.step()
+
+    def step(self) -> None:
+        with self._lock:
+            self.sim.advance(self.step_s)
+            self.poller.poll_once()
+
+    def drive(self, every_s: float = 0.5) -> None:
+        """Step in the background until close()."""
+
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                self.step()
+
+        self._thread = threading.Thread(target=loop, name="drive", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.server.close()
+        self.poller.close()
+        self.sim.close()
+
+
+class Prometheus:
+    """A real Prometheus on a free port with a temporary data directory."""
+
+    def __init__(self, targets: dict[str, list[str]], rule_files: list[Path]) -> None:
+        self.binary = require_tool("prometheus")
+        self.dir = Path(tempfile.mkdtemp(prefix="qoder-prom-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(p) for p in rule_files],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": hosts}]}
+                for job, hosts in targets.items()
+            ],
+        }
+        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.log = (self.dir / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited:\n{self.logs()}")
+            try:
+                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"prometheus not ready after {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        self.log.flush()
+        return (self.dir / "prometheus.log").read_text(errors="replace")[-4000:]
+
+    def api(self, path: str, **params: str) -> Any:
+        r = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
+        body = r.json()
+        assert body.get("status") == "success", (path, params, body)
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr)
+        result: list[dict[str, Any]] = data["result"] if data["resultType"] == "vector" else []
+        return result
+
+    def wait_for(self, expr: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Poll an instant query until it returns a non-empty vector."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(expr)
+            if result or time.monotonic() > deadline:
+                return result
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def live_stack(down_port: int | None = None) -> Iterator[tuple[LiveExporter, Prometheus]]:
+    """A driven exporter and a Prometheus scraping it (job "qoder") with the bundled rules.
+
+    With down_port, a second job "qoder-down" scrapes a port nobody listens on.
+    """
+    exporter = LiveExporter()
+    prom: Prometheus | None = None
+    try:
+        targets = {"qoder": [exporter.url.removeprefix("http://")]}
+        if down_port is not None:
+            targets["qoder-down"] = [f"127.0.0.1:{down_port}"]
+        prom = Prometheus(targets, RULE_FILES)
+        exporter.drive()
+        yield exporter, prom
+    finally:
+        if prom is not None:
+            prom.close()
+        exporter.close()
