@@ -8,6 +8,7 @@ import calendar
 import contextlib
 import dataclasses
 import datetime
+import fractions
 import json
 import random
 import re
@@ -83,22 +84,24 @@ class ManualClock:
     """A clock that only moves when told to, so tests control time without sleeping."""
 
     def __init__(self, start: float) -> None:
-        self._t = float(start)
+        # Kept as an exact fraction: summing many small float steps (0.1 s, 1/3 s) would drift by
+        # milliseconds from one jump of the same total and so break step-size independence.
+        self._t = fractions.Fraction(start)
         self._lock = threading.Lock()
 
     def now(self) -> float:
         """Return the current simulated unix time in seconds."""
-        return self._t
+        return float(self._t)
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward by `seconds`."""
         with self._lock:
-            self._t += seconds
+            self._t += fractions.Fraction(seconds)
 
     def set(self, t: float) -> None:
         """Jump the clock to `t`, backwards too."""
         with self._lock:
-            self._t = float(t)
+            self._t = fractions.Fraction(t)
 
 
 class RealClock:
@@ -714,6 +717,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "qoder-simulator"
     timeout = 60  # idle keep-alive connections are dropped eventually
+    # headers and body go out in two writes; with Nagle on, every keep-alive reply waits ~40 ms
+    # for the client's delayed ACK (Go's net/http, like most servers, sets TCP_NODELAY too)
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -1011,6 +1017,9 @@ class Simulator:
         """Create a manual run at now."""
         t = max(dep._stamp(now), dep.last_event_ns)
         dep.last_event_ns = t
+        # t may be stamped a little before now; fold runs finished by now first, so whether the
+        # new run is skipped does not depend on whether a read already settled the deployment
+        dep.settle(now)
         run = dep.create_run(t, "manual", None, dep.spec.stuck and not dep.stuck_used)
         self._index([run])
         return run
@@ -1537,7 +1546,8 @@ class Simulator:
                 return False
             return status is None or dep.is_paused(now) == (status == "paused")
 
-        items = self._dep_order
+        # creation order is not created_at order: a deployment may be backdated (succeeds_until)
+        items = sorted(self._dep_order, key=_key)
         lo, hi = self._created_bounds(items, query, 0, len(items))
         page, more = _page(items, lo, hi, match, limit, cursor)
         return self._envelope([self._deployment_json(d, now) for d in page], more)
