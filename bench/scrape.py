@@ -68,7 +68,8 @@ def timed(
         start = time.perf_counter()
         r = get.get(url, headers=headers, timeout=30)
         samples.append(time.perf_counter() - start)
-        size = len(r.content)
+        _ = r.content  # read the whole body
+        size = int(r.headers["Content-Length"])  # bytes on the wire
     return samples, size
 
 

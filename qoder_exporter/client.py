@@ -193,8 +193,11 @@ class QoderClient:
         path = f"/deployments/{deployment_id}/runs"
         return self._page("list_runs", path, limit, after_id, params)
 
-    def list_all_runs(self, *, limit: int = 100, after_id: str | None = None) -> Page:
-        return self._page("list_all_runs", "/deployment_runs", limit, after_id, {})
+    def list_all_runs(
+        self, *, limit: int = 100, after_id: str | None = None, status: str | None = None
+    ) -> Page:
+        params = {"status": status} if status else {}
+        return self._page("list_all_runs", "/deployment_runs", limit, after_id, params)
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self._object("get_run_global", f"/deployment_runs/{run_id}")

@@ -6,7 +6,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,13 +15,14 @@ from .client import (
     MAX_RETRY_AFTER,
     AuthenticationError,
     NotFoundError,
+    Page,
     PermissionDeniedError,
     QoderClient,
     QoderError,
     RateLimitedError,
 )
 from .config import Config
-from .models import Deployment, ParseError, Run, parse_deployment, parse_run
+from .models import IN_FLIGHT, Deployment, ParseError, Run, parse_deployment, parse_run
 from .snapshot import DeploymentView, HistogramData, Snapshot
 from .sync import Histogram, RunStore, SyncPlan, reached_known
 
@@ -328,6 +329,24 @@ class Poller:
                         self._metadata_at = None
                 if reached_known(runs, feed_plan):
                     break
+            seen = {r.id for f in by_dep.values() for r in f.runs}
+            stale = {
+                run_id: dep_id
+                for dep_id, plan in plans.items()
+                for run_id in plan.in_flight
+                if run_id not in seen
+            }
+            if len(stale) > len(IN_FLIGHT):
+                # Cheaper than one request per run: list what is still in flight, then fetch
+                # by id only the runs that left those lists (they finished or vanished).
+                # Bounded: a server that ignored `status` must not make us page through all
+                # history; runs not reached here are fetched by id below.
+                for status in sorted(IN_FLIGHT):
+                    for page in itertools.islice(self._feed_pages(status), HISTORY_PAGES):
+                        for run in self._parse(page.data, parse_run, "run"):
+                            dep_id = stale.pop(run.id, None)
+                            if dep_id is not None:
+                                by_dep[dep_id].runs.append(run)
             for dep_id, fetched in by_dep.items():
                 self._refresh_in_flight(fetched, plans[dep_id].in_flight)
         except RateLimitedError as exc:
@@ -337,6 +356,13 @@ class Poller:
             err = exc if isinstance(exc, QoderError) else QoderError("backing off")
             return [_Fetched(d, error=err) for d in deployment_ids]
         return list(by_dep.values())
+
+    def _feed_pages(self, status: str) -> Iterator[Page]:
+        return self.client.pages(
+            lambda c: self.client.list_all_runs(
+                limit=self.config.page_size, after_id=c, status=status
+            )
+        )
 
     def _refresh_in_flight(self, out: _Fetched, in_flight: Iterable[str]) -> None:
         seen = {r.id for r in out.runs}
