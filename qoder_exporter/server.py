@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
-from .snapshot import Snapshot
+from .snapshot import DeploymentView, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -34,44 +34,97 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _age(seconds: float) -> str:
+    """A short human age: 45s, 12m, 3h 20m, 2d 4h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+# The landing page loads nothing from anywhere: inline style only, no scripts, and an empty
+# data: icon so that browsers do not ask for /favicon.ico (a 404 in their console).
+LANDING_PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+_STATUS_CLASS = {"completed": "ok", "failed": "bad", "skipped": "warn", "cancelled": "warn"}
+
+
+def _deployment_row(d: DeploymentView, now: float) -> str:
+    name = d.info.name if d.info else d.id
+    state = d.info.status if d.info else "unknown"
+    if d.info and d.info.paused_reason:
+        state = f"{state} ({d.info.paused_reason})"
+    if d.sync_ok:
+        result = '<span class="ok">ok</span>'
+    elif d.last_sync is None:
+        result = "pending"
+    else:
+        result = f'<span class="bad">failed</span>: {html.escape(d.last_error or "")}'
+    if d.last_finished_status is None:
+        last_run = "none yet"
+    else:
+        css = _STATUS_CLASS.get(d.last_finished_status, "")
+        last_run = f'<span class="{css}">{html.escape(d.last_finished_status)}</span>'
+    in_flight = sum(d.recent.get(s, 0) for s in ("pending", "running"))
+    if d.last_success is None:
+        success = "never"
+    else:
+        success = f"{_when(d.last_success)} ({_age(now - d.last_success)} ago)"
+    return (
+        f'<tr data-deployment-id="{html.escape(d.id)}">'
+        f"<td>{html.escape(name)}</td><td><code>{html.escape(d.id)}</code></td>"
+        f"<td>{html.escape(state)}</td><td>{result}</td><td>{_when(d.last_sync)}</td>"
+        f"<td>{last_run}</td><td>{success}</td><td>{in_flight}</td>"
+        "</tr>"
+    )
+
+
 def landing_page(snap: Snapshot, now: float) -> bytes:
-    """The / page: links, build info and every watched deployment with its last poll."""
-    rows = []
-    for d in snap.deployments:
-        name = d.info.name if d.info else d.id
-        state = d.info.status if d.info else "unknown"
-        if d.sync_ok:
-            result = '<span class="ok">ok</span>'
-        elif d.last_sync is None:
-            result = "pending"
-        else:
-            result = f'<span class="bad">failed</span>: {html.escape(d.last_error or "")}'
-        last_status = d.last_finished_status or "none yet"
-        rows.append(
-            "<tr>"
-            f"<td>{html.escape(name)}</td><td><code>{html.escape(d.id)}</code></td>"
-            f"<td>{html.escape(state)}</td><td>{result}</td><td>{_when(d.last_sync)}</td>"
-            f"<td>{html.escape(last_status)}</td><td>{_when(d.last_success)}</td>"
-            "</tr>"
-        )
+    """The / page: links, build info and every watched deployment with its last poll.
+
+    Self-contained HTML: every value is escaped, nothing is loaded from elsewhere.
+    """
+    deployments = sorted(snap.deployments, key=lambda d: ((d.info.name if d.info else ""), d.id))
+    rows = "\n".join(_deployment_row(d, now) for d in deployments)
+    if not rows:
+        rows = '<tr><td colspan="8">No deployment yet: waiting for the first poll.</td></tr>'
     up = '<span class="ok">up</span>' if snap.up else '<span class="bad">down</span>'
-    error = f"<p>Last error: {html.escape(snap.last_error)}</p>" if snap.last_error else ""
+    error = (
+        f'<p class="bad">Last error: {html.escape(snap.last_error)}</p>' if snap.last_error else ""
+    )
+    if snap.last_success_poll is None:
+        last_poll = "never"
+    else:
+        last_poll = f"{_when(snap.last_success_poll)} ({_age(now - snap.last_success_poll)} ago)"
     body = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Qoder Exporter</title>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>Qoder Exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
-.ok{{color:#080}}.bad{{color:#b00}}</style></head>
+.ok{{color:#080}}.bad{{color:#b00}}.warn{{color:#b60}}</style></head>
 <body><h1>Qoder Exporter</h1>
-<p>Prometheus exporter for Qoder Cloud Agents deployment runs. Version {__version__}.</p>
-<ul><li><a href="metrics">/metrics</a></li><li><a href="-/healthy">/-/healthy</a></li>
-<li><a href="-/ready">/-/ready</a></li></ul>
-<p>Qoder API: {up}; polls done: {snap.polls_done}; last successful poll:
-{_when(snap.last_success_poll)}; page rendered {_when(now)}.</p>{error}
+<p>Prometheus exporter for Qoder Cloud Agents deployment runs.
+Version {html.escape(__version__)}.</p>
+<ul><li><a href="metrics">/metrics</a>: the metrics, for Prometheus</li>
+<li><a href="-/healthy">/-/healthy</a>: the process and its poll thread are alive</li>
+<li><a href="-/ready">/-/ready</a>: a recent poll reached the Qoder API</li></ul>
+<p id="api">Qoder API: {up}; polls done: {snap.polls_done}; last successful poll:
+{last_poll}; page rendered {_when(now)}.</p>{error}
 <h2>Watched deployments ({len(snap.deployments)})</h2>
-<table><tr><th>Name</th><th>ID</th><th>Status</th><th>Last poll</th><th>Polled at</th>
-<th>Last run</th><th>Last success</th></tr>
-{"".join(rows)}
-</table></body></html>
+<table id="deployments"><thead><tr><th>Name</th><th>ID</th><th>Status</th><th>Last poll</th>
+<th>Polled at</th><th>Last run</th><th>Last success</th><th>In flight</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table></body></html>
 """
     return body.encode()
 
@@ -144,6 +197,9 @@ class ExporterServer:
         class Handler(BaseHTTPRequestHandler):
             timeout = SOCKET_TIMEOUT_S
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes; with Nagle on, the body of a small
+            # response waits for the client's delayed ACK (40 ms on Linux) on keep-alive.
+            disable_nagle_algorithm = True
             server_version = f"qoder-exporter/{__version__}"
 
             def do_GET(self) -> None:
@@ -152,7 +208,15 @@ class ExporterServer:
                     self._metrics()
                 elif path == "/":
                     snap = server.exposition.snapshot
-                    self._send(200, "text/html; charset=utf-8", landing_page(snap, server.clock()))
+                    self._send(
+                        200,
+                        "text/html; charset=utf-8",
+                        landing_page(snap, server.clock()),
+                        headers={
+                            "Content-Security-Policy": LANDING_PAGE_CSP,
+                            "X-Content-Type-Options": "nosniff",
+                        },
+                    )
                 elif path == "/-/healthy":
                     ok = server.healthy()
                     self._send(200 if ok else 503, "text/plain", b"OK\n" if ok else b"unhealthy\n")
@@ -172,9 +236,19 @@ class ExporterServer:
                 ctype = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
                 self._send(200, ctype, body, gzip=compress)
 
-            def _send(self, code: int, ctype: str, body: bytes, *, gzip: bool = False) -> None:
+            def _send(
+                self,
+                code: int,
+                ctype: str,
+                body: bytes,
+                *,
+                gzip: bool = False,
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 if gzip:
                     self.send_header("Content-Encoding", "gzip")
