@@ -170,6 +170,10 @@ class QoderClient:
     def __repr__(self) -> str:
         return f"QoderClient(base_url={self.base_url!r}, token=<redacted>)"
 
+    @property
+    def token(self) -> Secret:
+        return self._token
+
     def set_token(self, token: Secret) -> None:
         self._token = token
 

@@ -242,6 +242,19 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
         "Runs held in memory (lookback window plus in-flight runs).",
         value=float(snap.tracked_runs),
     )
+    if snap.reload_ok is not None:
+        # Only after a reload was tried, as Prometheus' own prometheus_config_* gauges.
+        yield GaugeMetricFamily(
+            "qoder_exporter_config_last_reload_successful",
+            "Whether the last configuration reload (SIGHUP or POST /-/reload) succeeded.",
+            value=1.0 if snap.reload_ok else 0.0,
+        )
+    if snap.reload_at is not None:
+        yield GaugeMetricFamily(
+            "qoder_exporter_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last reloaded successfully.",
+            value=snap.reload_at,
+        )
     build = GaugeMetricFamily(
         "qoder_exporter_build_info",
         "Exporter build information, value 1.",

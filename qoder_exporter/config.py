@@ -45,6 +45,7 @@ _TOP_KEYS = (
     "page_size",
     "concurrency",
     "duration_buckets",
+    "state_file",
 )
 _API_KEYS = ("url", "token", "token_file", "timeout", "max_retries", "requests_per_second")
 _DEPLOYMENT_KEYS = ("id", "lookback")
@@ -163,6 +164,7 @@ class Config:
     page_size: int = 100
     concurrency: int = 8
     duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
+    state_file: str | None = None
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -314,6 +316,35 @@ def _yaml_error(path: str, exc: yaml.MarkedYAMLError) -> str:
         else:
             message += f" ({exc.context})"
     return message
+
+
+def _read_token(path: str) -> tuple[str, str | None]:
+    """The token in a file, or what is wrong with it (never the token itself)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(_MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        return "", f"cannot read {path!r}: {exc.strerror or exc}"
+    if len(raw) > _MAX_TOKEN_FILE_BYTES:
+        return "", f"{path!r} is too large to hold a token"
+    try:
+        # utf-8-sig: editors on Windows like to start files with a byte order mark.
+        text = raw.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        return "", f"{path!r} is not UTF-8 text"
+    if not text:
+        return "", f"{path!r} is empty"
+    if not _token_is_clean(text):
+        return text, f"the token in {path!r} must be printable ASCII without spaces"
+    return text, None
+
+
+def read_token_file(path: str) -> Secret:
+    """Re-read api.token_file at run time (rotation); ConfigError says what is wrong."""
+    text, problem = _read_token(path)
+    if problem is not None:
+        raise ConfigError([f"api.token_file: {problem}"])
+    return Secret(text)
 
 
 def config_from_dict(
@@ -581,6 +612,7 @@ class _Reader:
         page_size = self.integer("page_size", top.get("page_size"), 100, 1, 1000)
         concurrency = self.integer("concurrency", top.get("concurrency"), 8, 1, 64)
         buckets = self.buckets(top.get("duration_buckets"))
+        state_file = self.path("state_file", top.get("state_file"))
 
         # Cross-field rules, checked only when both sides were valid on their own.
         fields_ok = not any(p in ("poll_interval", "lookback") for p, _ in self.errors)
@@ -618,6 +650,7 @@ class _Reader:
             page_size=page_size,
             concurrency=concurrency,
             duration_buckets=buckets,
+            state_file=state_file,
         )
 
     def api(self, value: object) -> ApiConfig:
@@ -705,6 +738,18 @@ class _Reader:
             )
         return Secret(""), None
 
+    def path(self, key: str, value: object) -> str | None:
+        """An optional file path, relative to the config file's directory."""
+        if value is None:
+            return None
+        name = self.string(key, value)
+        if name is None:
+            return None
+        if not name:
+            self.error(key, "must not be empty")
+            return None
+        return os.path.join(self.base_dir, name) if self.base_dir else name
+
     def token_from_file(self, value: object) -> tuple[Secret, str | None]:
         name = self.string("api.token_file", value)
         if name is None:
@@ -713,28 +758,12 @@ class _Reader:
             self.error("api.token_file", "must not be empty")
             return Secret(""), None
         path = os.path.join(self.base_dir, name) if self.base_dir else name
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read(_MAX_TOKEN_FILE_BYTES + 1)
-        except OSError as exc:
-            self.error("api.token_file", f"cannot read {path!r}: {exc.strerror or exc}")
+        text, problem = _read_token(path)
+        if text:
+            self.secrets.append(text)
+        if problem is not None:
+            self.error("api.token_file", problem)
             return Secret(""), path
-        if len(raw) > _MAX_TOKEN_FILE_BYTES:
-            self.error("api.token_file", f"{path!r} is too large to hold a token")
-            return Secret(""), path
-        try:
-            # utf-8-sig: editors on Windows like to start files with a byte order mark.
-            text = raw.decode("utf-8-sig").strip()
-        except UnicodeDecodeError:
-            self.error("api.token_file", f"{path!r} is not UTF-8 text")
-            return Secret(""), path
-        self.secrets.append(text)
-        if not text:
-            self.error("api.token_file", f"{path!r} is empty")
-        elif not _token_is_clean(text):
-            self.error(
-                "api.token_file", f"the token in {path!r} must be printable ASCII without spaces"
-            )
         return Secret(text), path
 
     def rate(self, value: object) -> float:

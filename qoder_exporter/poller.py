@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import state
 from .client import (
     MAX_RETRY_AFTER,
     AuthenticationError,
@@ -21,7 +23,7 @@ from .client import (
     QoderError,
     RateLimitedError,
 )
-from .config import Config
+from .config import Config, ConfigError, read_token_file
 from .models import IN_FLIGHT, Deployment, ParseError, Run, parse_deployment, parse_run
 from .snapshot import DeploymentView, HistogramData, Snapshot
 from .sync import Histogram, RunStore, SyncPlan, reached_known
@@ -127,8 +129,18 @@ class Poller:
         self.client.on_error = self.metrics.count_error
         self.clock = clock
         self.on_snapshot = on_snapshot
+        # Held while the store changes or is saved: shutdown saves from another thread.
+        self._store_lock = threading.Lock()
         self.store = RunStore(config.duration_buckets)
         self.started_at = clock()
+        self._token_stat = _stat(config.api.token_file)
+        self._pending: Config | None = None
+        self._wake = threading.Event()
+        self.reload_ok: bool | None = None  # None: never reloaded
+        self.reload_at: float | None = None
+        if config.state_file:
+            state.load(self.store, config.state_file, config.api.url)
+            self._drop_unwatched()
         self._lookbacks = {d.id: d.lookback or config.lookback for d in config.deployments}
         self._deployments: dict[str, Deployment] = {}
         self._deleted: set[str] = set()
@@ -155,16 +167,29 @@ class Poller:
             self.heartbeat = time.monotonic()
             wait = max(self.config.poll_interval - (time.monotonic() - began), 0.0)
             wait = max(wait, self._paused_until - self.clock())
-            stop.wait(wait)
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """End the current wait early (stop, reload)."""
+        self._wake.set()
 
     def poll_once(self) -> bool:
         """One cycle; returns whether it reached the API and authenticated (qoder_up)."""
         began = time.monotonic()
         now = self.clock()
         reached, error = False, None
+        self._take_pending_config(now)
         try:
             self._check_pause()
-            self._cycle(now)
+            self._refresh_token(force=False)
+            try:
+                self._cycle(now)
+            except AuthenticationError:
+                # The token file may have been rotated since we last read it: once more.
+                if not self._refresh_token(force=True):
+                    raise
+                self._cycle(now)
             reached = True
         except _Paused:
             error = "rate limited by the API: backing off"
@@ -183,13 +208,115 @@ class Poller:
         if reached:
             self._last_success_poll = now
         self._poll_hist.observe(POLL_BUCKETS, time.monotonic() - began)
-        self.snapshot = self._build_snapshot(self.clock())
+        if reached:
+            self.save_state()
+        with self._store_lock:
+            self.snapshot = self._build_snapshot(self.clock())
         if self.on_snapshot is not None:
             self.on_snapshot(self.snapshot)
         return reached
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def save_state(self) -> None:
+        """Write the state file, if configured; a failure is logged, never fatal."""
+        path = self.config.state_file
+        if not path:
+            return
+        try:
+            with self._store_lock:
+                state.save(self.store, path, self.config.api.url)
+        except OSError as exc:
+            log.error("cannot save state to %s: %s", path, exc.strerror or exc)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a new, already validated config at the start of the next cycle."""
+        self._pending = config
+        self.wake()
+
+    def publish(self) -> None:
+        """Rebuild the snapshot now, without polling (a rejected reload shows at once)."""
+        with self._store_lock:
+            self.snapshot = self._build_snapshot(self.clock())
+        if self.on_snapshot is not None:
+            self.on_snapshot(self.snapshot)
+
+    def note_reload(self, ok: bool) -> None:
+        self.reload_ok = ok
+        if ok:
+            self.reload_at = time.time()
+
+    # --- configuration and token -------------------------------------------------------
+
+    def _take_pending_config(self, now: float) -> None:
+        new, self._pending = self._pending, None
+        if new is None:
+            return
+        old = self.config
+        if new.api != old.api:
+            client = QoderClient(
+                new.api.url,
+                new.api.token,
+                timeout=new.api.timeout,
+                max_retries=new.api.max_retries,
+                requests_per_second=new.api.requests_per_second,
+            )
+            client.observer, client.on_error = self.client.observer, self.client.on_error
+            client.sleep = self.client.sleep
+            self.client.session.close()
+            self.client = client
+            self._token_stat = _stat(new.api.token_file)
+            self._paused_until = 0.0
+        with self._store_lock:
+            if new.api.url != old.api.url:
+                # Another API (account or region): nothing we counted is about it.
+                self.store = RunStore(new.duration_buckets)
+                self.started_at = now
+                self._deployments.clear()
+                self._sync.clear()
+            elif new.duration_buckets != old.duration_buckets:
+                log.warning("duration_buckets changed: run-duration histograms start again")
+                self.store.rebucket(new.duration_buckets)
+            self.config = new
+            self._lookbacks = {d.id: d.lookback or new.lookback for d in new.deployments}
+            self._deleted.clear()
+            self._drop_unwatched()
+        if new.concurrency != old.concurrency:
+            self._executor.shutdown(wait=False)
+            self._executor = ThreadPoolExecutor(new.concurrency, thread_name_prefix="qoder-poll")
+        self._metadata_at = None  # names, new deployments: refresh now
+        log.info("configuration applied")
+
+    def _drop_unwatched(self) -> None:
+        """Configured mode: forget deployments no longer listed (restored state, reload)."""
+        if self.config.discover:
+            return
+        listed = {d.id for d in self.config.deployments}
+        for dep_id in [d for d in self.store.deployments if d not in listed]:
+            self.store.drop(dep_id)
+            self._sync.pop(dep_id, None)
+            self._deployments.pop(dep_id, None)
+
+    def _refresh_token(self, *, force: bool) -> bool:
+        """Re-read api.token_file when it changed (or when forced); True if the token changed."""
+        path = self.config.api.token_file
+        if not path:
+            return False
+        seen = _stat(path)
+        if not force and seen == self._token_stat:
+            return False
+        self._token_stat = seen
+        try:
+            token = read_token_file(path)
+        except ConfigError as exc:
+            log.error("keeping the old token: %s", exc.errors[0])
+            return False
+        if token == self.client.token:
+            return False
+        self.client.set_token(token)
+        log.info("token re-read from api.token_file")
+        return True
 
     def lookback(self, deployment_id: str) -> float:
         return self._lookbacks.get(deployment_id, self.config.lookback)
@@ -220,13 +347,15 @@ class Poller:
             results += self._fetch_feed([d for d in watched if d not in fresh], now)
         ok = 0
         failures: list[str] = []
+        with self._store_lock:
+            for fetched in results:
+                if self._apply(fetched, now):
+                    ok += 1
+                elif fetched.error is not None:
+                    failures.append(str(fetched.error))
         for fetched in results:
-            if self._apply(fetched, now):
-                ok += 1
-            elif fetched.error is not None:
-                failures.append(str(fetched.error))
-                if isinstance(fetched.error, (AuthenticationError, PermissionDeniedError)):
-                    raise fetched.error
+            if isinstance(fetched.error, (AuthenticationError, PermissionDeniedError)):
+                raise fetched.error
         if failures and ok == 0:
             raise _CycleFailed(failures[0], reached=False)
         if failures:
@@ -487,6 +616,8 @@ class Poller:
             api_errors=errors,
             tracked_runs=self.store.size(),
             last_error=self._last_error,
+            reload_ok=self.reload_ok,
+            reload_at=self.reload_at,
         )
 
 
@@ -494,6 +625,17 @@ class _CycleFailed(QoderError):
     def __init__(self, message: str, *, reached: bool) -> None:
         super().__init__(message)
         self.reached = reached
+
+
+def _stat(path: str | None) -> tuple[int, int, int] | None:
+    """What tells a rewritten file apart: inode (rename), size and mtime."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _frozen(hist: Histogram) -> HistogramData:

@@ -56,3 +56,5 @@ class Snapshot:
     api_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     tracked_runs: int = 0
     last_error: str | None = None
+    reload_ok: bool | None = None  # None: the config was never reloaded
+    reload_at: float | None = None

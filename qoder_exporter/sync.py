@@ -178,6 +178,12 @@ class RunStore:
         for rid in old:
             del state.runs[rid]
 
+    def rebucket(self, buckets: tuple[float, ...]) -> None:
+        """New histogram bounds: old counts cannot be re-binned, so histograms restart."""
+        self.buckets = tuple(sorted(buckets))
+        for st in self.deployments.values():
+            st.durations.clear()
+
     def drop(self, deployment_id: str) -> None:
         self.deployments.pop(deployment_id, None)
 
