@@ -446,9 +446,8 @@ class Poller:
             known = frozenset().union(*(p.known for p in plans.values()))
             marks = [p.watermark for p in plans.values() if p.watermark is not None]
             feed_plan = SyncPlan(False, known, frozenset(), floor, max(marks, default=None), True)
-            for page in self.client.pages(
-                lambda c: self.client.list_all_runs(limit=self.config.page_size, after_id=c)
-            ):
+            feed = self._feed_pages(None)
+            for page in feed:
                 runs = self._parse(page.data, parse_run, "run")
                 for run in runs:
                     if run.deployment_id in by_dep:
@@ -476,6 +475,8 @@ class Poller:
                             dep_id = stale.pop(run.id, None)
                             if dep_id is not None:
                                 by_dep[dep_id].runs.append(run)
+            if len(stale) > 1:
+                self._finished_from_feed(feed, stale, by_dep)
             for dep_id, fetched in by_dep.items():
                 self._refresh_in_flight(fetched, plans[dep_id].in_flight)
         except RateLimitedError as exc:
@@ -486,12 +487,31 @@ class Poller:
             return [_Fetched(d, error=err) for d in deployment_ids]
         return list(by_dep.values())
 
-    def _feed_pages(self, status: str) -> Iterator[Page]:
+    def _feed_pages(self, status: str | None) -> Iterator[Page]:
         return self.client.pages(
             lambda c: self.client.list_all_runs(
                 limit=self.config.page_size, after_id=c, status=status
             )
         )
+
+    def _finished_from_feed(
+        self, feed: Iterator[Page], stale: dict[str, str], by_dep: dict[str, _Fetched]
+    ) -> None:
+        """Read on down the feed for runs that finished since; each page must replace GETs.
+
+        Runs that left the in-flight lists finished (or vanished). When many did, the older
+        feed pages that hold them cost less than one GET per run: read on until past the
+        oldest of them, at most one page fewer than the GETs it replaces.
+        """
+        oldest = min(self.store.deployments[d].runs[r].created_at for r, d in stale.items())
+        for page in itertools.islice(feed, len(stale) - 1):
+            runs = self._parse(page.data, parse_run, "run")
+            for run in runs:
+                dep_id = stale.pop(run.id, None)
+                if dep_id is not None:
+                    by_dep[dep_id].runs.append(run)
+            if not stale or any(r.created_at < oldest for r in runs):
+                return
 
     def _refresh_in_flight(self, out: _Fetched, in_flight: Iterable[str]) -> None:
         seen = {r.id for r in out.runs}

@@ -9,6 +9,7 @@ import pytest
 from qoder_exporter.poller import Poller
 from qoder_exporter.simulator import Simulator
 
+from .conftest import TOKEN, make_config
 from .truth import DAY, STEP, assert_matches_truth, run_for
 
 
@@ -183,3 +184,27 @@ def test_new_deployment_is_discovered_and_counted_from_its_first_run(
     sim.add_deployment(DeploymentSpec(name="late", interval_s=300, failure_rate=0.5))
     run_for(sim, poller, 3 * 3600)
     assert_matches_truth(sim, poller, started)
+
+
+def test_discover_reads_finished_runs_from_the_feed_not_one_get_each() -> None:
+    """Many runs finish after the feed's first page moved past them: older pages are read."""
+    sim = Simulator(seed=5, deployments=40, token=TOKEN)
+    sim.serve("127.0.0.1", 0)
+    poller = Poller(make_config(sim, discover=True, page_size=10), clock=sim.clock.now)
+    poller.client.sleep = lambda _s: None
+    try:
+        started = sim.clock.now()
+        poller.poll_once()
+        gets = feed = 0
+        for _ in range(36):
+            sim.advance(STEP)
+            sim.reset_counts()
+            poller.poll_once()
+            gets += sim.request_counts["get_run_global"]
+            feed += sim.request_counts["list_all_runs"]
+        assert_matches_truth(sim, poller, started)
+        finished = sum(len(sim.truth_finished(d, since=started)) for d in sim.deployment_ids())
+        assert gets < finished / 10, (gets, feed, finished)
+    finally:
+        poller.close()
+        sim.close()
