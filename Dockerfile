@@ -45,8 +45,9 @@ WORKDIR /app
 USER 65532:65532
 EXPOSE 7637
 # Python's standard library (slim images have no curl); proxies ignored: the target is local.
-# Set QODER_HEALTHCHECK_URL when --web.listen-address is not :7637.
+# Set QODER_HEALTHCHECK_URL when --web.listen-address is not :7637, or to https://... with
+# --web.config.file TLS (the certificate is not verified: this checks liveness, on loopback).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(os.environ['QODER_HEALTHCHECK_URL'], timeout=4)"]
+  CMD ["/opt/venv/bin/python", "-c", "import os, ssl, urllib.request as u; u.build_opener(u.ProxyHandler({}), u.HTTPSHandler(context=ssl._create_unverified_context())).open(os.environ['QODER_HEALTHCHECK_URL'], timeout=4)"]
 ENTRYPOINT ["/opt/venv/bin/python", "/app/exporter.py"]
 CMD ["--config", "/etc/qoder-exporter/config.yml"]

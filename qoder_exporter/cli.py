@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -15,10 +16,13 @@ from .collector import Exposition
 from .config import Config, ConfigError, config_from_dict, load_config
 from .poller import Poller
 from .server import ExporterServer
+from .webconfig import WebConfigError, load_web_config
 
 log = logging.getLogger("qoder_exporter")
 
 DEFAULT_LISTEN = ":7637"
+# How long shutdown waits for a poll cycle in progress before exiting without it.
+SHUTDOWN_GRACE_S = 3.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -38,6 +42,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="listen",
         default=DEFAULT_LISTEN,
         help=f"address to serve /metrics on (default {DEFAULT_LISTEN})",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        help="YAML enabling TLS and/or basic auth, as exporter-toolkit's (see README)",
     )
     p.add_argument(
         "--log.level",
@@ -104,6 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     logs.REDACT.secrets.add(config.api.token.reveal())
     if args.check:
+        if args.web_config:
+            try:
+                load_web_config(args.web_config)
+            except WebConfigError as exc:
+                print(str(exc), file=sys.stderr)
+                return 1
+            print(f"{args.web_config}: web configuration is valid")
         print(f"{args.config}: configuration is valid")
         return 0
 
@@ -114,11 +130,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.buffer.write(exposition.body(openmetrics=False, compress=False))
         poller.close()
         return 0 if ok else 1
-    return serve(poller, args.listen)
+    return serve(
+        poller, args.listen, None if args.demo else args.config, web_config=args.web_config
+    )
 
 
-def serve(poller: Poller, listen: str) -> int:
-    """Run the poll loop and the HTTP server until SIGTERM or SIGINT."""
+def reload_config(poller: Poller, path: str) -> tuple[bool, str]:
+    """Validate the config file again; a bad one is rejected and the running one stays."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        poller.note_reload(False)
+        poller.publish()
+        log.error("config reload rejected, keeping the running config: %s", "; ".join(exc.errors))
+        return False, str(exc)
+    logs.REDACT.secrets.add(config.api.token.reveal())
+    poller.note_reload(True)
+    poller.reconfigure(config)  # applied by the poll thread, which it wakes
+    log.info("config reloaded from %s", path)
+    return True, "config reloaded\n"
+
+
+def serve(
+    poller: Poller, listen: str, config_path: str | None = None, *, web_config: str | None = None
+) -> int:
+    """Run the poll loop and the HTTP server until SIGTERM or SIGINT; SIGHUP reloads."""
     try:
         address = parse_listen(listen)
     except ValueError as exc:
@@ -132,19 +168,61 @@ def serve(poller: Poller, listen: str) -> int:
     def healthy() -> bool:
         return thread.is_alive()
 
+    def reload() -> tuple[bool, str]:
+        assert config_path is not None
+        return reload_config(poller, config_path)
+
     try:
-        server = ExporterServer(exposition, address, healthy=healthy)
+        server = ExporterServer(
+            exposition,
+            address,
+            healthy=healthy,
+            web_config_file=web_config,
+            reload=reload if config_path else None,
+        )
+    except WebConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"--web.listen-address {listen}: {exc.strerror}", file=sys.stderr)
         return 1
+    # Signal handlers only flag; the main loop below does the work, outside the handler.
+    signaled, hup = threading.Event(), threading.Event()
+
+    def on_stop(*_: object) -> None:
+        stop.set()
+        signaled.set()
+
+    def on_hup(*_: object) -> None:
+        hup.set()
+        signaled.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
     thread.start()
     server.start()
     host = address[0] or "0.0.0.0"
-    log.info("listening on http://%s:%d/metrics", host, server.port)
-    stop.wait()
+    log.info("listening on %s://%s:%d/metrics", server.scheme, host, server.port)
+    while not stop.is_set():
+        signaled.wait()
+        signaled.clear()
+        if hup.is_set() and not stop.is_set():
+            hup.clear()
+            if config_path is None:
+                log.warning("SIGHUP ignored: no config file to reload (demo mode)")
+            else:
+                reload()
     log.info("shutting down")
     server.close()
+    poller.wake()
+    thread.join(SHUTDOWN_GRACE_S)
+    poller.save_state()
     poller.close()
+    if thread.is_alive():
+        # A request to the API is still in flight; the state is saved, do not wait for it.
+        log.warning("poll still running after %.0fs: exiting anyway", SHUTDOWN_GRACE_S)
+        logging.shutdown()
+        os._exit(0)
+    log.info("stopped")
     return 0

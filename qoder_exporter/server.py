@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import html
 import logging
+import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,11 +18,18 @@ from urllib.parse import urlsplit
 from . import __version__
 from .collector import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
 from .snapshot import DeploymentView, Snapshot
+from .webconfig import ActiveWebConfig, WebConfigWatcher
 
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_REQUESTS = 16
 SOCKET_TIMEOUT_S = 30.0
+# The whole TLS handshake, not each read: a client that sends nothing, or a byte at a time,
+# gives its connection slot back after this long.
+HANDSHAKE_TIMEOUT_S = 5.0
+# A POST body is never used; a bigger one closes the connection instead of being read.
+_MAX_DISCARDED_BODY = 64 * 1024
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="qoder-exporter", charset="UTF-8"'}
 
 
 def _accepts_openmetrics(accept: str) -> bool:
@@ -133,9 +143,17 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        web: WebConfigWatcher | None,
+        handshake_timeout: float,
+    ) -> None:
         super().__init__(address, handler)
         self.slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
+        self.web = web
+        self.handshake_timeout = handshake_timeout
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Shed load instead of spawning unbounded threads for a flood of connections.
@@ -144,15 +162,59 @@ class _Server(ThreadingHTTPServer):
             return
         super().process_request(request, client_address)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-request (reset, TLS EOF) is routine, not a traceback.
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug("connection from %s: %s", client_address[0], error)
+        else:
+            log.exception("error serving %s", client_address[0])
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake happens here, in the connection's own thread, never in the accept
+        # loop: a client that connects and stays silent holds up nobody but itself.
+        connection = request
         try:
-            super().process_request_thread(request, client_address)
+            context = self.web.refresh().context if self.web is not None else None
+            if context is not None:
+                connection = self._handshake(request, context, client_address)
+            if connection is not None:
+                self.finish_request(connection, client_address)
+        except Exception:
+            self.handle_error(connection, client_address)
         finally:
+            if connection is not None:
+                self.shutdown_request(connection)
             self.slots.release()
+
+    def _handshake(
+        self, request: socket.socket, context: ssl.SSLContext, client_address: Any
+    ) -> ssl.SSLSocket | None:
+        # With a socket timeout, CPython bounds the whole do_handshake() by one deadline
+        # (not each read), so a client dripping bytes cannot stretch it.
+        request.settimeout(self.handshake_timeout)
+        try:
+            connection = context.wrap_socket(
+                request, server_side=True, do_handshake_on_connect=False
+            )
+        except OSError:
+            self.shutdown_request(request)
+            return None
+        try:
+            connection.do_handshake()
+        except (OSError, ValueError) as exc:
+            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+            self.shutdown_request(connection)
+            return None
+        return connection
 
 
 class ExporterServer:
-    """Serves the exposition and health; the poller feeds it snapshots."""
+    """Serves the exposition and health; the poller feeds it snapshots.
+
+    web_config_file: TLS and basic auth, exporter-toolkit style (WebConfigError if it is bad).
+    reload: what POST /-/reload calls; it answers (ok, message).
+    """
 
     def __init__(
         self,
@@ -161,16 +223,30 @@ class ExporterServer:
         *,
         healthy: Callable[[], bool],
         clock: Callable[[], float] = time.time,
+        web_config_file: str | None = None,
+        reload: Callable[[], tuple[bool, str]] | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
     ) -> None:
         self.exposition = exposition
         self.healthy = healthy
         self.clock = clock
-        self.httpd = _Server(address, self._handler_class())
+        self.reload = reload
+        # Loaded before binding: a bad file fails start-up without taking the port.
+        self.web = WebConfigWatcher(web_config_file) if web_config_file else None
+        self.httpd = _Server(address, self._handler_class(), self.web, handshake_timeout)
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         return int(self.httpd.server_address[1])
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.web is not None and self.web.tls else "http"
+
+    def web_config(self) -> ActiveWebConfig | None:
+        """The web config in force, re-read first if its files changed."""
+        return self.web.refresh() if self.web is not None else None
 
     def ready(self) -> tuple[bool, str]:
         snap = self.exposition.snapshot
@@ -201,9 +277,22 @@ class ExporterServer:
             # response waits for the client's delayed ACK (40 ms on Linux) on keep-alive.
             disable_nagle_algorithm = True
             server_version = f"qoder-exporter/{__version__}"
+            web: ActiveWebConfig | None = None
+
+            def _allowed(self, path: str) -> bool:
+                """True if the request may go on; else a 401 has been sent."""
+                self.web = server.web_config()
+                if self.web is None or self.web.auth is None or path == "/-/healthy":
+                    return True
+                if self.web.auth.check(self.headers.get("Authorization")) is not None:
+                    return True
+                self._send(401, "text/plain", b"Unauthorized\n", headers=UNAUTHORIZED_HEADERS)
+                return False
 
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
+                if not self._allowed(path):
+                    return
                 if path == "/metrics":
                     self._metrics()
                 elif path == "/":
@@ -223,11 +312,42 @@ class ExporterServer:
                 elif path == "/-/ready":
                     ok, why = server.ready()
                     self._send(200 if ok else 503, "text/plain", f"{why}\n".encode())
+                elif path == "/-/reload" and server.reload is not None:
+                    self._send(405, "text/plain", b"use POST\n", headers={"Allow": "POST"})
                 else:
                     self._send(404, "text/plain", b"not found\n")
 
             def do_HEAD(self) -> None:
                 self.do_GET()
+
+            def do_POST(self) -> None:
+                self._discard_body()
+                path = urlsplit(self.path).path
+                if not self._allowed(path):
+                    return
+                if path == "/-/reload" and server.reload is not None:
+                    self._reload(server.reload)
+                elif path in ("/", "/metrics", "/-/healthy", "/-/ready"):
+                    self._send(405, "text/plain", b"use GET\n", headers={"Allow": "GET, HEAD"})
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _reload(self, hook: Callable[[], tuple[bool, str]]) -> None:
+                try:
+                    ok, message = hook()
+                except Exception:
+                    log.exception("reload failed")
+                    ok, message = False, "reload failed: internal error (see the log)"
+                self._send(200 if ok else 500, "text/plain", f"{message.rstrip()}\n".encode())
+
+            def _discard_body(self) -> None:
+                length = self.headers.get("Content-Length", "0").strip()
+                plain = length.isascii() and length.isdigit() and len(length) < 10
+                size = int(length) if plain else -1
+                if "Transfer-Encoding" in self.headers or not 0 <= size <= _MAX_DISCARDED_BODY:
+                    self.close_connection = True
+                elif size:
+                    self.rfile.read(size)
 
             def _metrics(self) -> None:
                 openmetrics = _accepts_openmetrics(self.headers.get("Accept", ""))
@@ -247,7 +367,9 @@ class ExporterServer:
             ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
-                for key, value in (headers or {}).items():
+                # The web config's headers (http_server_config.headers) win over the defaults.
+                extra = {**(headers or {}), **(self.web.headers if self.web else {})}
+                for key, value in extra.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 if gzip:

@@ -136,3 +136,18 @@ def test_parse_listen() -> None:
     assert parse_listen(":7637") == ("", 7637)
     assert parse_listen("127.0.0.1:0") == ("127.0.0.1", 0)
     assert parse_listen("[::1]:9000") == ("::1", 9000)
+
+
+def test_config_check_validates_the_web_config_too(tmp_path: Path, sim: Simulator) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_userz:\n  prometheus: x\n")
+    result = exporter(
+        "--config.check",
+        "--config",
+        str(write_config(tmp_path, sim)),
+        "--web.config.file",
+        str(web),
+        env={"QODER_PAT": TOKEN},
+    )
+    assert result.returncode == 1
+    assert "basic_auth_userz" in result.stderr
