@@ -258,7 +258,9 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     except yaml.MarkedYAMLError as exc:
         raise ConfigError([_yaml_error(path, exc)]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+        # One line per error: a reader error's text spans lines.
+        detail = " ".join(str(exc).split())
+        raise ConfigError([f"{path}: invalid YAML: {detail}"]) from None
     except RecursionError:
         raise ConfigError([f"{path}: invalid YAML: nested too deeply"]) from None
     except ValueError as exc:

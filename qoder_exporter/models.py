@@ -26,6 +26,10 @@ class ParseError(ValueError):
         self.field = field
 
 
+# A run longer than a year is a bad record, not a run.
+MAX_DURATION_MS = 366 * 86400 * 1000
+
+
 def parse_timestamp(value: object, field: str = "timestamp") -> float:
     """Parse an RFC 3339 timestamp into unix seconds."""
     if not isinstance(value, str):
@@ -131,8 +135,10 @@ def parse_run(data: object) -> Run:
     if duration_ms is not None:
         if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)):
             raise ParseError("run.duration_ms", "expected a number")
-        if duration_ms < 0:
-            raise ParseError("run.duration_ms", "negative duration")
+        # JSON allows integers of any size, and Python's parser reads NaN and Infinity: one
+        # such value would poison the histogram's _sum for good.
+        if not 0 <= duration_ms <= MAX_DURATION_MS:
+            raise ParseError("run.duration_ms", "not a duration from 0 to a year")
         duration_s = duration_ms / 1000.0
     if status == "completed" and completed_at is None and "status" not in data:
         # A record-only run finishes at creation: its success time is when it was recorded.
@@ -197,7 +203,7 @@ def parse_deployment(data: object) -> Deployment:
         schedule=_schedule_text(data.get("schedule")),
         paused_reason=paused_reason,
         consecutive_failures=failures
-        if isinstance(failures, int) and not isinstance(failures, bool)
+        if isinstance(failures, int) and not isinstance(failures, bool) and 0 <= failures < 2**53
         else None,
         next_trigger_at=_lenient_time(next_trigger),
         created_at=_lenient_time(created),

@@ -210,10 +210,7 @@ class Poller:
         self._poll_hist.observe(POLL_BUCKETS, time.monotonic() - began)
         if reached:
             self.save_state()
-        with self._store_lock:
-            self.snapshot = self._build_snapshot(self.clock())
-        if self.on_snapshot is not None:
-            self.on_snapshot(self.snapshot)
+        self.publish()
         return reached
 
     def close(self) -> None:
@@ -236,11 +233,14 @@ class Poller:
         self.wake()
 
     def publish(self) -> None:
-        """Rebuild the snapshot now, without polling (a rejected reload shows at once)."""
+        """Rebuild the snapshot and hand it to on_snapshot (after a poll, or a rejected reload)."""
         with self._store_lock:
             self.snapshot = self._build_snapshot(self.clock())
         if self.on_snapshot is not None:
-            self.on_snapshot(self.snapshot)
+            try:
+                self.on_snapshot(self.snapshot)
+            except Exception:  # a bad value must not kill the poll thread; scrapes go on
+                log.exception("cannot render the snapshot; serving the previous one")
 
     def note_reload(self, ok: bool) -> None:
         self.reload_ok = ok
@@ -559,6 +559,7 @@ class Poller:
             self.lookback(dep_id),
             history=history,
             vanished=fetched.vanished,
+            counted_since=self.started_at,
         )
         if result.vanished:
             log.warning("deployment %s: %d in-flight runs vanished", dep_id, result.vanished)

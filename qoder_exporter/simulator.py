@@ -576,10 +576,14 @@ class Faults:
         self._rng = random.Random(f"{seed}:faults")
         self._on_rotate = on_rotate
         self._revoked = False
+        # Constant latency: seconds every request waits before its reply (the handler thread
+        # sleeps, so concurrent requests wait concurrently); bench/poll.py sets it.
         self.latency_s = 0.0
         self.down = False
         self.revoke_after: int | None = None
         self.random_rates: dict[str, float] = {}
+        # Faults actually served, by kind (queued or random), so tests can match error counts.
+        self.delivered: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
 
     def inject(
         self,
@@ -631,10 +635,12 @@ class Faults:
                     queued.remaining -= 1
                     if queued.remaining <= 0:
                         del self._queue[i]
+                    self.delivered[queued.kind] += 1
                     return queued.kind, queued.retry_after
             for kind in sorted(self.random_rates):
                 rate = self.random_rates[kind]
                 if rate > 0 and self._rng.random() < rate:
+                    self.delivered[kind] += 1
                     return kind, {"429": "1", "slow": "0.5"}.get(kind)
         return None
 

@@ -127,11 +127,14 @@ class RunStore:
         *,
         history: bool,
         vanished: Iterable[str] = (),
+        counted_since: float | None = None,
     ) -> ApplyResult:
         """Fold one poll's sightings of a deployment's runs into its state.
 
         With history=True (the first sync of a deployment) runs already terminal are taken
-        as history, not counted: a restart must not replay the window into increase().
+        as history, not counted: a restart must not replay the window into increase(). Runs
+        that finished after counted_since (when the exporter started) are counted even
+        then: the first sync may come late, after the API was unreachable at start.
         """
         state = self.deployments.get(deployment_id)
         if state is None:
@@ -149,7 +152,7 @@ class RunStore:
                     state.runs[run.id] = Tracked(run.created_at, run.status, False)
                     new_in_flight += 1
                 elif run.created_at >= state.floor:
-                    if not history:
+                    if not history or _finished_since(run, counted_since):
                         self._count(state, run)
                         counted += 1
                     state.runs[run.id] = Tracked(run.created_at, run.status, True)
@@ -231,6 +234,13 @@ class RunStore:
         if run.status == "failed":
             key = run.error_type or "unknown_error"
             state.errors[key] = state.errors.get(key, 0) + 1
+
+
+def _finished_since(run: Run, since: float | None) -> bool:
+    if since is None:
+        return False
+    finished = run.completed_at if run.completed_at is not None else run.created_at
+    return finished > since
 
 
 def reached_known(runs: list[Run], plan: SyncPlan) -> bool:

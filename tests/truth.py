@@ -66,6 +66,13 @@ def assert_matches_truth(
     the window the exporter reports is then lookback - clock_offset seconds of API time.
     """
     assert_counts_match_truth(sim, poller, started)
+    assert_window_matches_truth(sim, poller, clock_offset=clock_offset)
+
+
+def assert_window_matches_truth(
+    sim: Simulator, poller: Poller, *, clock_offset: float = 0.0
+) -> None:
+    """recent_runs, last success and last status equal the API's as of the last poll."""
     for view in poller.snapshot.deployments:
         dep_id = view.id
         window = poller.lookback(dep_id) - clock_offset
