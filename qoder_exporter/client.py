@@ -123,19 +123,32 @@ class TokenBucket:
             time.sleep(wait)
 
 
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP-date (Date, Retry-After) as a unix time; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value.strip()).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds or an HTTP-date, capped; None when absent or unreadable."""
+    """Retry-After as seconds or an HTTP-date, capped; None when absent or unreadable.
+
+    An HTTP-date is read against `now`: the server's own Date when it sent one (RFC 9110
+    says so, and it keeps a skewed local clock out of it), else the local clock.
+    """
     if not value:
         return None
     value = value.strip()
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        when = parse_http_date(value)
+        if when is None:
             return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
+        seconds = when - (time.time() if now is None else now)
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
@@ -161,6 +174,8 @@ class QoderClient:
         self.observer = observer
         # Told of every failed attempt (endpoint, error kind), retried or not.
         self.on_error: Callable[[str, str], None] | None = None
+        # The API's clock as its last Date header told it: (unix time, our monotonic then).
+        self._server_date: tuple[float, float] | None = None
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = f"qoder-exporter/{__version__}"
         self.session.headers["Accept"] = "application/json"
@@ -169,6 +184,13 @@ class QoderClient:
 
     def __repr__(self) -> str:
         return f"QoderClient(base_url={self.base_url!r}, token=<redacted>)"
+
+    def server_now(self) -> float | None:
+        """The API's current time, from its last Date header (1 s resolution), if any."""
+        seen = self._server_date
+        if seen is None:
+            return None
+        return seen[0] + (time.monotonic() - seen[1])
 
     @property
     def token(self) -> Secret:
@@ -284,6 +306,9 @@ class QoderClient:
         finally:
             if self.observer is not None:
                 self.observer(endpoint, code, time.monotonic() - start)
+        date = parse_http_date(response.headers.get("Date"))
+        if date is not None:
+            self._server_date = (date, time.monotonic())
         status = response.status_code
         if 200 <= status < 300:
             try:
@@ -297,7 +322,7 @@ class QoderClient:
                     f"{endpoint}: expected a JSON object", status=status, endpoint=endpoint
                 )
             return parsed
-        raise _error_from(endpoint, status, body, response.headers)
+        raise _error_from(endpoint, status, body, response.headers, date)
 
 
 def error_kind(exc: QoderError) -> str:
@@ -324,7 +349,9 @@ class _Bearer(requests.auth.AuthBase):
         return r
 
 
-def _error_from(endpoint: str, status: int, body: bytes, headers: Mapping[str, str]) -> APIError:
+def _error_from(
+    endpoint: str, status: int, body: bytes, headers: Mapping[str, str], date: float | None
+) -> APIError:
     error_type, message, request_id = "http_error", f"HTTP {status}", None
     try:
         envelope = json.loads(body)
@@ -347,7 +374,7 @@ def _error_from(endpoint: str, status: int, body: bytes, headers: Mapping[str, s
         "error_type": error_type,
         "request_id": request_id,
     }
-    retry_after = parse_retry_after(headers.get("Retry-After"))
+    retry_after = parse_retry_after(headers.get("Retry-After"), date)
     if status == 429 or (status == 503 and retry_after is not None):
         return RateLimitedError(text, retry_after=retry_after or 1.0, **kw)
     if status >= 500:

@@ -347,9 +347,14 @@ class Poller:
             results += self._fetch_feed([d for d in watched if d not in fresh], now)
         ok = 0
         failures: list[str] = []
+        # The store's floor (runs below it count as dealt with) must not run ahead of the
+        # API's clock: were ours ahead by more than the lookback, every new run would fall
+        # below it. The API's Date header bounds it (+1 s: the header drops fractions).
+        server_now = self.client.server_now()
+        sync_now = now if server_now is None else min(now, server_now + 1.0)
         with self._store_lock:
             for fetched in results:
-                if self._apply(fetched, now):
+                if self._apply(fetched, sync_now):
                     ok += 1
                 elif fetched.error is not None:
                     failures.append(str(fetched.error))

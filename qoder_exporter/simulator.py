@@ -8,6 +8,7 @@ import calendar
 import contextlib
 import dataclasses
 import datetime
+import email.utils
 import fractions
 import json
 import random
@@ -730,6 +731,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: tests and demos do not want an access log on stderr."""
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header, on the simulated clock: a server's Date is its own time."""
+        when = self.server.sim.clock.now() if timestamp is None else timestamp
+        return email.utils.formatdate(when, usegmt=True)
 
     def setup(self) -> None:
         """Track the connection so close() can drop kept-alive clients."""
