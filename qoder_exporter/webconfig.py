@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from .config import _StrictLoader, _yaml_error
+from .config import _show, _StrictLoader, _yaml_error
 
 log = logging.getLogger(__name__)
 
@@ -351,17 +351,6 @@ class _Reader:
                 "pip install qoder-exporter[web]",
             )
         return users
-
-
-def _show(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (str, int, float)):
-        text = repr(value)
-        return text if len(text) <= 80 else text[:76] + "...'"
-    return _kind(value)
 
 
 def _kind(value: object) -> str:

@@ -72,20 +72,6 @@ def test_discover_quiet_cycle_uses_the_feed(
     assert counts.get("list_runs", 0) == 0
 
 
-def test_api_down_at_start_then_recovers(sim: Simulator, poller_for: Callable[..., Poller]) -> None:
-    poller = poller_for()
-    started = sim.clock.now()  # runs finishing from here on count, the API down or not
-    sim.faults.down = True
-    assert not poller.poll_once()
-    assert not poller.snapshot.up
-    assert poller.snapshot.last_error
-    sim.advance(STEP)
-    sim.faults.down = False
-    assert poller.poll_once()
-    run_for(sim, poller, 6 * 3600)
-    assert_matches_truth(sim, poller, started)
-
-
 def test_api_down_mid_run_loses_and_doubles_nothing(
     sim: Simulator, poller_for: Callable[..., Poller]
 ) -> None:
