@@ -179,8 +179,8 @@ class Poller:
         began = time.monotonic()
         now = self.clock()
         reached, error = False, None
-        self._take_pending_config(now)
         try:
+            self._take_pending_config(now)
             self._check_pause()
             self._refresh_token(force=False)
             try:

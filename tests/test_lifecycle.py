@@ -311,3 +311,27 @@ def test_sighup_and_post_reload_apply_good_configs_and_reject_bad_ones(
     finally:
         code, _ = proc.stop()
     assert code == 0
+
+
+def test_reconfigure_drops_unlisted_deployments_and_restarts_histograms_only(
+    sim: Simulator,
+) -> None:
+    poller = poller_with(sim)
+    poller.poll_once()
+    run_for(sim, poller, 3 * 3600)
+    kept = sim.deployment_ids()[1:]
+    before = {v.id: dict(v.totals) for v in poller.snapshot.deployments}
+    poller.reconfigure(make_config(sim, deployments=kept, duration_buckets=[1, 60, 3600]))
+    sim.advance(STEP)
+    assert poller.poll_once()
+    views = {v.id: v for v in poller.snapshot.deployments}
+    assert set(views) == set(kept)
+    assert poller.snapshot.buckets == (1.0, 60.0, 3600.0)
+    for dep_id in kept:
+        for status, n in before[dep_id].items():
+            assert views[dep_id].totals.get(status, 0) >= n, "counters continue"
+        for data in views[dep_id].durations.values():
+            assert data.cumulative[-1] <= sum(views[dep_id].totals.values()) - sum(
+                before[dep_id].values()
+            ), "histograms hold only runs finished since the reload"
+    poller.close()
