@@ -15,6 +15,7 @@ from typing import Any
 from . import state
 from .client import (
     MAX_RETRY_AFTER,
+    APIError,
     AuthenticationError,
     NotFoundError,
     Page,
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 METADATA_REFRESH_S = 300.0
 # Bound on pages read back through history to find a last success older than the window.
 HISTORY_PAGES = 5
+DEFAULT_PAGE_SIZE = 100  # config's default page_size
+FEED_PAGE_SIZE = 1000  # tried first for the feed; see _feed_limit()
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 POLL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -135,6 +138,7 @@ class Poller:
         self.started_at = clock()
         self._token_stat = _stat(config.api.token_file)
         self._pending: Config | None = None
+        self._feed_limit = _feed_limit(config)
         self._wake = threading.Event()
         self.reload_ok: bool | None = None  # None: never reloaded
         self.reload_at: float | None = None
@@ -279,6 +283,7 @@ class Poller:
                 log.warning("duration_buckets changed: run-duration histograms start again")
                 self.store.rebucket(new.duration_buckets)
             self.config = new
+            self._feed_limit = _feed_limit(new)
             self._lookbacks = {d.id: d.lookback or new.lookback for d in new.deployments}
             self._deleted.clear()
             self._drop_unwatched()
@@ -442,6 +447,24 @@ class Poller:
         return out
 
     def _fetch_feed(self, deployment_ids: list[str], now: float) -> list[_Fetched]:
+        results = self._read_feed(deployment_ids, now)
+        error = results[0].error if results else None
+        if (
+            isinstance(error, APIError)
+            and error.status == 400
+            and self._feed_limit > self.config.page_size
+        ):
+            # One generation of the API caps limit at 100 and answers 400 above it.
+            log.info(
+                "the API refuses pages of %d runs: using %d",
+                self._feed_limit,
+                self.config.page_size,
+            )
+            self._feed_limit = self.config.page_size
+            results = self._read_feed(deployment_ids, now)
+        return results
+
+    def _read_feed(self, deployment_ids: list[str], now: float) -> list[_Fetched]:
         """Read new runs of all known deployments from the cross-deployment feed."""
         plans = {d: self.store.plan(d, now, self.lookback(d)) for d in deployment_ids}
         by_dep = {d: _Fetched(d) for d in deployment_ids}
@@ -494,9 +517,7 @@ class Poller:
 
     def _feed_pages(self, status: str | None) -> Iterator[Page]:
         return self.client.pages(
-            lambda c: self.client.list_all_runs(
-                limit=self.config.page_size, after_id=c, status=status
-            )
+            lambda c: self.client.list_all_runs(limit=self._feed_limit, after_id=c, status=status)
         )
 
     def _finished_from_feed(
@@ -651,6 +672,18 @@ class _CycleFailed(QoderError):
     def __init__(self, message: str, *, reached: bool) -> None:
         super().__init__(message)
         self.reached = reached
+
+
+def _feed_limit(config: Config) -> int:
+    """Page size for the cross-deployment feed.
+
+    The feed holds every deployment's runs, so its pages fill fast: with the default
+    page_size, try the larger cap of the API generation that allows 1000 (a tenth of the
+    requests at 1,000 deployments); the first 400 falls back to page_size for good.
+    """
+    if config.discover and config.page_size == DEFAULT_PAGE_SIZE:
+        return FEED_PAGE_SIZE
+    return config.page_size
 
 
 def _stat(path: str | None) -> tuple[int, int, int] | None:

@@ -194,3 +194,23 @@ def test_discover_reads_finished_runs_from_the_feed_not_one_get_each() -> None:
     finally:
         poller.close()
         sim.close()
+
+
+@pytest.mark.parametrize("page_cap", [100, 1000])
+def test_discover_feed_tries_large_pages_and_falls_back(page_cap: int) -> None:
+    sim = Simulator(seed=9, deployments=8, token=TOKEN, page_cap=page_cap)
+    sim.serve("127.0.0.1", 0)
+    poller = Poller(make_config(sim, discover=True), clock=sim.clock.now)
+    poller.client.sleep = lambda _s: None
+    try:
+        started = sim.clock.now()
+        poller.poll_once()
+        run_for(sim, poller, 6 * 3600)
+        assert_matches_truth(sim, poller, started)
+        refused = poller.snapshot.api_errors.get(("list_all_runs", "invalid_request_error"), 0)
+        # The 100-cap generation refuses the first large page, once; the other takes it.
+        assert refused == (1 if page_cap == 100 else 0)
+        assert poller._feed_limit == (100 if page_cap == 100 else 1000)
+    finally:
+        poller.close()
+        sim.close()
