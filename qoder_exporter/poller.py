@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -347,31 +347,45 @@ class Poller:
         fresh = [d for d in watched if d not in self.store.deployments]
         use_feed = self.config.discover and self.polls_done() > 0
         per_deployment = fresh if use_feed else watched
-        results = list(self._executor.map(lambda d: self._fetch(d, now), per_deployment))
+        # Plans are taken here, before any worker runs: workers never read the store.
+        plans = {d: self.store.plan(d, now, self.lookback(d)) for d in per_deployment}
+        futures = [self._executor.submit(self._fetch, d, plans[d]) for d in per_deployment]
+        ok, total = 0, len(futures)
+        failures: list[QoderError] = []
+        # Each deployment is applied as soon as it is read, so at most `concurrency` of them
+        # hold their fetched pages at once (a first sync reads the whole window).
+        for future in as_completed(futures):
+            fetched = future.result()
+            ok += self._apply_fetched(fetched, now, failures)
+            del fetched
         if use_feed:
-            results += self._fetch_feed([d for d in watched if d not in fresh], now)
-        ok = 0
-        failures: list[str] = []
+            feed = self._fetch_feed([d for d in watched if d not in fresh], now)
+            total += len(feed)
+            for fetched in feed:
+                ok += self._apply_fetched(fetched, now, failures)
+        for error in failures:
+            if isinstance(error, (AuthenticationError, PermissionDeniedError)):
+                raise error
+        if failures and ok == 0:
+            raise _CycleFailed(str(failures[0]), reached=False)
+        if failures:
+            log.warning(
+                "%d of %d deployments failed to sync: %s", len(failures), total, failures[0]
+            )
+
+    def _apply_fetched(self, fetched: _Fetched, now: float, failures: list[QoderError]) -> int:
+        """Fold one deployment's fetch into the store: 1 if it synced, else note the error."""
         # The store's floor (runs below it count as dealt with) must not run ahead of the
         # API's clock: were ours ahead by more than the lookback, every new run would fall
         # below it. The API's Date header bounds it (+1 s: the header drops fractions).
         server_now = self.client.server_now()
         sync_now = now if server_now is None else min(now, server_now + 1.0)
         with self._store_lock:
-            for fetched in results:
-                if self._apply(fetched, sync_now):
-                    ok += 1
-                elif fetched.error is not None:
-                    failures.append(str(fetched.error))
-        for fetched in results:
-            if isinstance(fetched.error, (AuthenticationError, PermissionDeniedError)):
-                raise fetched.error
-        if failures and ok == 0:
-            raise _CycleFailed(failures[0], reached=False)
-        if failures:
-            log.warning(
-                "%d of %d deployments failed to sync: %s", len(failures), len(results), failures[0]
-            )
+            if self._apply(fetched, sync_now):
+                return 1
+        if fetched.error is not None:
+            failures.append(fetched.error)
+        return 0
 
     def polls_done(self) -> int:
         return self._polls["success"] + self._polls["failure"]
@@ -417,10 +431,9 @@ class Poller:
         self.store.drop(deployment_id)
         self._sync.pop(deployment_id, None)
 
-    def _fetch(self, deployment_id: str, now: float) -> _Fetched:
+    def _fetch(self, deployment_id: str, plan: SyncPlan) -> _Fetched:
         """Worker: read one deployment's new runs and refresh its in-flight ones."""
         out = _Fetched(deployment_id)
-        plan = self.store.plan(deployment_id, now, self.lookback(deployment_id))
         try:
             self._check_pause()
             for page in self.client.pages(
