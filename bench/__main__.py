@@ -418,16 +418,12 @@ def run_cpu(p: Profile, out: Results, data: dict[str, Any]) -> None:
         rss = biggest.med("rss_kib") / 1024
         if rss > 2 * state + 64:
             out.findings.append(
-                f"**Poller RSS is mostly the start-up peak, not the state.** With "
+                f"**Poller RSS is well above the state.** With "
                 f"{biggest.deployments:,} deployments ({biggest.med('tracked'):,.0f} runs "
                 f"tracked) the poller process holds {rss:.0f} MiB RSS, where the store needs "
-                f"about {state:.0f} MiB ({per_run:.0f} bytes/run, section 4). The start-up "
-                "poll keeps every deployment's fetched runs (Run objects, their id strings) "
-                "until all fetches are done, then applies them (`results = list(executor.map("
-                "...))` in Poller._cycle): a few hundred bytes for each of the window's runs "
-                "at once, and CPython keeps most of that memory afterwards. Proposal "
-                "(poller.py): apply each deployment's fetch as it completes (as_completed), so "
-                "the peak is `concurrency` deployments' windows, not all of them."
+                f"about {state:.0f} MiB ({per_run:.0f} bytes/run, section 4). Not the "
+                "start-up peak of fetched pages: the poller applies each deployment's fetch as "
+                "it completes, and RSS stayed the same when it began to. Not yet explained."
             )
 
 
