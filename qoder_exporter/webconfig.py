@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from .config import _kind as _config_kind
 from .config import _show, _StrictLoader, _yaml_error
 
 log = logging.getLogger(__name__)
@@ -354,19 +355,10 @@ class _Reader:
 
 
 def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
+    """Describe a value by kind only (hashes and passwords are never shown)."""
     if isinstance(value, str):
         return "an empty string" if not value.strip() else "a string"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__}"
+    return _config_kind(value)
 
 
 def _import_bcrypt() -> ModuleType | None:

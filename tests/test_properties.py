@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qoder_exporter.collector import Exposition
 from qoder_exporter.config import (
+    _TOP_KEYS,
     Config,
     ConfigError,
     config_from_dict,
@@ -398,17 +399,7 @@ def test_a_deployment_without_an_id_is_rejected_by_name() -> None:
 
 # ---------------------------------------------------------------- config
 
-TOP_KEYS = (
-    "api",
-    "deployments",
-    "discover",
-    "poll_interval",
-    "lookback",
-    "page_size",
-    "concurrency",
-    "duration_buckets",
-    "state_file",
-)
+TOP_KEYS = _TOP_KEYS
 _KEY_PATH = re.compile(r"((?:[A-Za-z_]\w*|\[.+?\])(?:\.[A-Za-z_]\w*|\[.+?\])*): \S")
 _config_keys = st.sampled_from(
     [*TOP_KEYS, "url", "token", "timeout", "max_retries", "requests_per_second", "id", "x"]
