@@ -139,6 +139,7 @@ class Poller:
         self._token_stat = _stat(config.api.token_file)
         self._pending: Config | None = None
         self._feed_limit = _feed_limit(config)
+        self._saved: tuple[str, int] | None = None  # (path, store.changes) last written
         self._wake = threading.Event()
         self.reload_ok: bool | None = None  # None: never reloaded
         self.reload_at: float | None = None
@@ -221,13 +222,16 @@ class Poller:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def save_state(self) -> None:
-        """Write the state file, if configured; a failure is logged, never fatal."""
+        """Write the state file if configured and the store changed; failures are logged."""
         path = self.config.state_file
         if not path:
             return
         try:
             with self._store_lock:
+                if (path, self.store.changes) == self._saved and os.path.exists(path):
+                    return
                 state.save(self.store, path, self.config.api.url)
+                self._saved = (path, self.store.changes)
         except OSError as exc:
             log.error("cannot save state to %s: %s", path, exc.strerror or exc)
 
@@ -276,6 +280,7 @@ class Poller:
             if new.api.url != old.api.url:
                 # Another API (account or region): nothing we counted is about it.
                 self.store = RunStore(new.duration_buckets)
+                self._saved = None
                 self.started_at = now
                 self._deployments.clear()
                 self._sync.clear()

@@ -104,6 +104,10 @@ class RunStore:
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = tuple(sorted(buckets))
         self.deployments: dict[str, DeploymentState] = {}
+        # Bumped by every change worth saving (runs, counters, last outcomes), so the state
+        # file is rewritten only when it would differ; a floor that merely moved up is not
+        # one (an older, lower floor is safe).
+        self.changes = 0
 
     def plan(self, deployment_id: str, now: float, lookback: float) -> SyncPlan:
         state = self.deployments.get(deployment_id)
@@ -139,7 +143,8 @@ class RunStore:
         state = self.deployments.get(deployment_id)
         if state is None:
             state = self.deployments[deployment_id] = DeploymentState(floor=now - lookback)
-        counted = new_in_flight = 0
+            self.changes += 1
+        counted = new_in_flight = updated = 0
         for run in merge_duplicates(runs).values():
             if run.deployment_id != deployment_id:
                 continue
@@ -156,9 +161,11 @@ class RunStore:
                         self._count(state, run)
                         counted += 1
                     state.runs[run.id] = Tracked(run.created_at, run.status, True)
+                    updated += 1
                 # else: below the floor, so already counted and evicted, or history.
-            elif not tracked.accounted:
+            elif not tracked.accounted and tracked.status != run.status:
                 tracked.status = run.status
+                updated += 1
                 if run.terminal:
                     tracked.accounted = True
                     self._count(state, run)
@@ -170,6 +177,7 @@ class RunStore:
             if tracked is not None and not tracked.accounted:
                 del state.runs[run_id]
                 gone += 1
+        self.changes += new_in_flight + updated + gone
         self.expire(deployment_id, now, lookback)
         return ApplyResult(counted, new_in_flight, gone)
 
@@ -180,15 +188,18 @@ class RunStore:
         old = [rid for rid, t in state.runs.items() if t.accounted and t.created_at < state.floor]
         for rid in old:
             del state.runs[rid]
+        self.changes += len(old)
 
     def rebucket(self, buckets: tuple[float, ...]) -> None:
         """New histogram bounds: old counts cannot be re-binned, so histograms restart."""
         self.buckets = tuple(sorted(buckets))
         for st in self.deployments.values():
             st.durations.clear()
+        self.changes += 1
 
     def drop(self, deployment_id: str) -> None:
-        self.deployments.pop(deployment_id, None)
+        if self.deployments.pop(deployment_id, None) is not None:
+            self.changes += 1
 
     def recent(self, deployment_id: str, now: float, lookback: float) -> dict[str, int]:
         """Tracked runs created within the lookback window, by current status."""
@@ -219,10 +230,12 @@ class RunStore:
             finished = run.completed_at if run.completed_at is not None else run.created_at
             if state.last_success is None or finished > state.last_success:
                 state.last_success = finished
+                self.changes += 1
         if run.terminal:
             key = (run.created_at, run.id, run.status)
             if state.last_finished is None or key[:2] > state.last_finished[:2]:
                 state.last_finished = key
+                self.changes += 1
 
     def _count(self, state: DeploymentState, run: Run) -> None:
         state.totals[run.status] += 1

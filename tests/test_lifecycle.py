@@ -335,3 +335,16 @@ def test_reconfigure_drops_unlisted_deployments_and_restarts_histograms_only(
                 before[dep_id].values()
             ), "histograms hold only runs finished since the reload"
     poller.close()
+
+
+def test_state_is_rewritten_only_when_the_store_changed(sim: Simulator, tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    poller = poller_with(sim, state_file=str(path))
+    assert poller.poll_once()
+    written = path.stat().st_ino  # each save renames a new file into place
+    assert poller.poll_once()  # no simulated time passed: nothing new
+    assert path.stat().st_ino == written
+    sim.advance(3600)
+    assert poller.poll_once()
+    assert path.stat().st_ino != written
+    poller.close()
