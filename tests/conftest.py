@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -64,3 +67,17 @@ def poller_for(sim: Simulator) -> Iterator[Callable[..., Poller]]:
     yield factory
     for p in made:
         p.close()
+
+
+def announced_port(proc: subprocess.Popen[str], timeout: float = 30) -> int:
+    """The port an exporter process logs ("listening on http(s)://host:port/metrics")."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        match = re.search(r"listening on https?://[^:]+:(\d+)/metrics", line)
+        if match:
+            return int(match.group(1))
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError("the exporter never announced its address")

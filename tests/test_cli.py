@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from qoder_exporter.cli import parse_listen
 from qoder_exporter.simulator import Simulator
 
-from .conftest import TOKEN
+from .conftest import TOKEN, announced_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,14 +106,8 @@ def test_demo_serves_live_metrics_and_stops_on_sigterm() -> None:
         cwd=ROOT,
     )
     try:
-        assert proc.stderr is not None
+        port = announced_port(proc)
         deadline = time.monotonic() + 30
-        port = None
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            m = re.search(r"listening on http://[^:]+:(\d+)/metrics", line)
-            port = int(m.group(1)) if m else None
-        assert port, "the demo announces its address"
         body = ""
         while time.monotonic() < deadline:
             body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text

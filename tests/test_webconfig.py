@@ -33,6 +33,7 @@ from qoder_exporter.server import ExporterServer
 from qoder_exporter.snapshot import Snapshot
 from qoder_exporter.webconfig import WebConfigError, load_web_config
 
+from .conftest import announced_port
 from .harness import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -642,14 +643,7 @@ def test_exporter_serves_https_with_basic_auth(pki: Pki, tmp_path: Path) -> None
     path.write_text(tls_yaml(pki) + users_yaml(alice=ALICE_HASH))
     proc = _exporter("--web.listen-address", "127.0.0.1:0", "--web.config.file", str(path))
     try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            match = re.search(r"listening on https?://[^:]+:(\d+)/metrics", line)
-            port = int(match.group(1)) if match else None
-        assert port, "the exporter announces its address"
+        port = announced_port(proc)
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=client_context(pki))
         conn.request("GET", "/metrics", headers=basic("alice", ALICE_PW))
         response = conn.getresponse()
