@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from .client import (
 from .config import Config, ConfigError, read_token_file
 from .models import IN_FLIGHT, Deployment, ParseError, Run, parse_deployment, parse_run
 from .snapshot import DeploymentView, HistogramData, Snapshot
-from .sync import Histogram, RunStore, SyncPlan, reached_known
+from .sync import Histogram, RunStore, SyncPlan, plan_jumps, reached_known
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ METADATA_REFRESH_S = 300.0
 HISTORY_PAGES = 5
 DEFAULT_PAGE_SIZE = 100  # config's default page_size
 FEED_PAGE_SIZE = 1000  # tried first for the feed; see _feed_limit()
+# Runs in flight for longer than this are not looked for by jumping along the feed.
+JUMP_HORIZON_S = 3600.0
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 POLL_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -510,19 +513,8 @@ class Poller:
                 for run_id in plan.in_flight
                 if run_id not in seen
             }
-            if len(stale) > len(IN_FLIGHT):
-                # Cheaper than one request per run: list what is still in flight, then fetch
-                # by id only the runs that left those lists (they finished or vanished).
-                # Bounded: a server that ignored `status` must not make us page through all
-                # history; runs not reached here are fetched by id below.
-                for status in sorted(IN_FLIGHT):
-                    for page in itertools.islice(self._feed_pages(status), HISTORY_PAGES):
-                        for run in self._parse(page.data, parse_run, "run"):
-                            dep_id = stale.pop(run.id, None)
-                            if dep_id is not None:
-                                by_dep[dep_id].runs.append(run)
             if len(stale) > 1:
-                self._finished_from_feed(feed, stale, by_dep)
+                self._find_stale(stale, by_dep, plans, now)
             for dep_id, fetched in by_dep.items():
                 self._refresh_in_flight(fetched, plans[dep_id].in_flight)
         except RateLimitedError as exc:
@@ -538,24 +530,71 @@ class Poller:
             lambda c: self.client.list_all_runs(limit=self._feed_limit, after_id=c, status=status)
         )
 
-    def _finished_from_feed(
-        self, feed: Iterator[Page], stale: dict[str, str], by_dep: dict[str, _Fetched]
+    def _find_stale(
+        self,
+        stale: dict[str, str],
+        by_dep: dict[str, _Fetched],
+        plans: dict[str, SyncPlan],
+        now: float,
     ) -> None:
-        """Read on down the feed for runs that finished since; each page must replace GETs.
+        """Learn how the in-flight runs that the feed's new pages did not show are now.
 
-        Runs that left the in-flight lists finished (or vanished). When many did, the older
-        feed pages that hold them cost less than one GET per run: read on until past the
-        oldest of them, at most one page fewer than the GETs it replaces.
+        The feed is ordered by creation, so these runs lie scattered down it. Either jump
+        straight to the pages that hold them, or first list the runs still pending and
+        running (a page per `limit` of them) and jump only to those that left the lists:
+        they finished (or vanished). The cheaper, as far as the store can tell, wins. Runs
+        left over are fetched by id afterwards (_refresh_in_flight).
         """
-        oldest = min(self.store.deployments[d].runs[r].created_at for r, d in stale.items())
-        for page in itertools.islice(feed, len(stale) - 1):
-            runs = self._parse(page.data, parse_run, "run")
-            for run in runs:
-                dep_id = stale.pop(run.id, None)
-                if dep_id is not None:
-                    by_dep[dep_id].runs.append(run)
-            if not stale or any(r.created_at < oldest for r in runs):
-                return
+        limit = self._feed_limit
+        order = self._feed_order(stale, now - JUMP_HORIZON_S)
+        jumps, singles = plan_jumps(order, stale, limit)
+        statuses = Counter(
+            self.store.deployments[d].runs[r].status for d, p in plans.items() for r in p.in_flight
+        )
+        listing = sum(max(1, -(-statuses[s] // limit)) for s in IN_FLIGHT)
+        if len(jumps) + len(singles) > listing:
+            # Bounded: a server that ignored `status` must not make us page through all
+            # history; runs not reached here are fetched below.
+            for status in sorted(IN_FLIGHT):
+                for page in itertools.islice(self._feed_pages(status), HISTORY_PAGES):
+                    self._take(page, stale, by_dep)
+            jumps, _ = plan_jumps(order, stale, limit)
+        for jump in jumps:
+            if not any(t in stale for t in jump.targets):
+                continue
+            try:
+                page = self.client.list_all_runs(limit=jump.limit, after_id=jump.after_id)
+            except APIError as exc:
+                if exc.status != 400:
+                    raise
+                # The run we jump from has left the feed: these are fetched by id.
+                log.debug("jump down the feed refused: %s", exc)
+                continue
+            self._take(page, stale, by_dep)
+
+    def _take(self, page: Page, stale: dict[str, str], by_dep: dict[str, _Fetched]) -> None:
+        """Hand the stale runs a page holds to their deployments."""
+        for run in self._parse(page.data, parse_run, "run"):
+            dep_id = stale.pop(run.id, None)
+            if dep_id is not None:
+                by_dep[dep_id].runs.append(run)
+
+    def _feed_order(self, stale: dict[str, str], horizon: float) -> list[str]:
+        """The feed as the store knows it, newest first, back to the oldest stale run.
+
+        Not further back than `horizon`: runs in flight for longer than that are few (stuck
+        ones) and are found by the status lists or by id.
+        """
+        since = min(self.store.deployments[d].runs[r].created_at for r, d in stale.items())
+        since = max(since, horizon)
+        known = [
+            (t.created_at, rid)
+            for st in self.store.deployments.values()
+            for rid, t in st.runs.items()
+            if t.created_at >= since
+        ]
+        known.sort(reverse=True)
+        return [rid for _, rid in known]
 
     def _refresh_in_flight(self, out: _Fetched, in_flight: Iterable[str]) -> None:
         seen = {r.id for r in out.runs}

@@ -264,3 +264,50 @@ def reached_known(runs: list[Run], plan: SyncPlan) -> bool:
         return False
     bound = plan.watermark - OVERLAP_S
     return any(r.id in plan.known and r.created_at <= bound for r in runs)
+
+
+@dataclass(frozen=True, slots=True)
+class Jump:
+    """One page of the feed to read: the `limit` runs right after (older than) `after_id`."""
+
+    after_id: str
+    limit: int
+    targets: tuple[str, ...]
+
+
+# Runs a jump page reads beyond the last run it is meant to hold: our order of the feed can
+# differ from the server's by runs we do not track (unlisted deployments, ties in time).
+JUMP_SLACK = 5
+
+
+def plan_jumps(
+    order: list[str], targets: Iterable[str], limit: int
+) -> tuple[list[Jump], list[str]]:
+    """The fewest feed pages that hold `targets`, and the targets left to fetch by id.
+
+    `order` is the feed as the store knows it, newest first. A page read with after_id=X
+    holds the runs right after X, so a page that starts at a target's newer neighbour holds
+    it and the older targets within `limit` runs; taking such pages greedily from the newest
+    target is the fewest pages that hold them all (points covered by fixed-length intervals).
+    A target alone in its page costs one request either way and is left to fetch by id (a
+    smaller answer), as is one we cannot place.
+    """
+    pos = {rid: i for i, rid in enumerate(order)}
+    wanted = list(targets)
+    singles = [t for t in wanted if pos.get(t, 0) == 0]
+    placed = sorted((pos[t], t) for t in wanted if pos.get(t, 0) > 0)
+    jumps: list[Jump] = []
+    i = 0
+    while i < len(placed):
+        first = placed[i][0]
+        j = i + 1
+        while j < len(placed) and placed[j][0] - first < limit:
+            j += 1
+        group = [t for _, t in placed[i:j]]
+        if len(group) == 1:
+            singles += group
+        else:
+            span = placed[j - 1][0] - first + 1
+            jumps.append(Jump(order[first - 1], min(limit, span + JUMP_SLACK), tuple(group)))
+        i = j
+    return jumps, singles

@@ -214,3 +214,35 @@ def test_discover_feed_tries_large_pages_and_falls_back(page_cap: int) -> None:
     finally:
         poller.close()
         sim.close()
+
+
+def test_discover_jump_from_a_run_that_left_the_feed_falls_back_to_get() -> None:
+    """The poller jumps down the feed from runs it tracks; one deleted since answers 400."""
+    from qoder_exporter.simulator import DeploymentSpec
+
+    sim = Simulator(seed=11, deployments=20, token=TOKEN)
+    sim.serve("127.0.0.1", 0)
+    # A busy deployment whose runs fill most of the feed: most jumps start from one of them.
+    busy = sim.add_deployment(
+        DeploymentSpec(name="busy", interval_s=None, manual_rate_per_hour=900.0, max_concurrent=50)
+    )
+    poller = Poller(make_config(sim, discover=True, page_size=10), clock=sim.clock.now)
+    poller.client.sleep = lambda _s: None
+    try:
+        started = sim.clock.now()
+        poller.poll_once()
+        run_for(sim, poller, 3600, step=60)
+        sim.delete_deployment(busy)
+        # Within the 5 minutes before the metadata refresh notices, the store still holds the
+        # busy deployment's runs, and the poller jumps from them: those runs are fetched by
+        # id instead, and no cycle fails for it.
+        for _ in range(60):
+            sim.advance(60)
+            assert poller.poll_once(), poller.snapshot.last_error
+        refused = poller.snapshot.api_errors.get(("list_all_runs", "invalid_request_error"), 0)
+        assert refused > 0
+        assert busy not in {v.id for v in poller.snapshot.deployments}
+        assert_matches_truth(sim, poller, started)
+    finally:
+        poller.close()
+        sim.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qoder_exporter.models import Run
-from qoder_exporter.sync import RunStore, SyncPlan, reached_known
+from qoder_exporter.sync import JUMP_SLACK, Jump, RunStore, SyncPlan, plan_jumps, reached_known
 
 DEP = "dep_a"
 H = 3600.0
@@ -287,3 +289,50 @@ def test_paging_stops_once_past_known_runs(runs: list[Run], expected: bool) -> N
         has_success=True,
     )
     assert reached_known(runs, plan) is expected
+
+
+# --- plan_jumps: which feed pages to read for runs scattered down the feed ----------------
+
+FEED = [f"r{i:03d}" for i in range(300)]  # newest first, as the feed lists them
+
+
+def test_jumps_group_targets_within_a_page_and_start_at_the_newer_neighbour() -> None:
+    jumps, singles = plan_jumps(FEED, ["r010", "r050", "r108", "r200", "r210"], 100)
+    assert jumps == [
+        Jump("r009", 100, ("r010", "r050", "r108")),  # 99 + slack, capped
+        Jump("r199", 11 + JUMP_SLACK, ("r200", "r210")),
+    ]
+    assert singles == []
+
+
+def test_a_target_alone_in_its_page_or_unplaceable_is_fetched_by_id() -> None:
+    # r000 has no newer neighbour to jump from; "gone" is not in the store's order.
+    jumps, singles = plan_jumps(FEED, ["r000", "gone", "r150", "r290", "r295"], 100)
+    assert jumps == [Jump("r289", 6 + JUMP_SLACK, ("r290", "r295"))]
+    assert sorted(singles) == ["gone", "r000", "r150"]
+
+
+def test_a_jump_never_reads_more_than_the_page_limit() -> None:
+    jumps, _ = plan_jumps(FEED, ["r001", "r099", "r100"], 100)
+    assert jumps == [Jump("r000", 100, ("r001", "r099", "r100"))]
+
+
+@given(st.sets(st.integers(0, 299), max_size=60), st.sampled_from([2, 10, 100]))
+def test_jumps_cover_every_target_once_with_the_fewest_requests(
+    picked: set[int], limit: int
+) -> None:
+    targets = [FEED[i] for i in picked]
+    jumps, singles = plan_jumps(FEED, targets, limit)
+    covered = [t for j in jumps for t in j.targets] + singles
+    assert sorted(covered) == sorted(targets)
+    for jump in jumps:
+        start = FEED.index(jump.after_id) + 1
+        assert jump.limit <= limit
+        assert all(start <= FEED.index(t) < start + jump.limit for t in jump.targets)
+    # As few requests as any set of pages of `limit` runs (r000 needs its own request):
+    # count the pages a left-to-right sweep needs.
+    pages, end = 0, -1
+    for i in sorted(picked - {0}):
+        if i > end:
+            pages, end = pages + 1, i + limit - 1
+    assert len(jumps) + len(singles) == pages + (0 in picked)
