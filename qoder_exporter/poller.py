@@ -357,15 +357,16 @@ class Poller:
         per_deployment = fresh if use_feed else watched
         # Plans are taken here, before any worker runs: workers never read the store.
         plans = {d: self.store.plan(d, now, self.lookback(d)) for d in per_deployment}
-        futures = [self._executor.submit(self._fetch, d, plans[d]) for d in per_deployment]
-        ok, total = 0, len(futures)
+        ok, total = 0, len(per_deployment)
         failures: list[QoderError] = []
-        # Each deployment is applied as soon as it is read, so at most `concurrency` of them
-        # hold their fetched pages at once (a first sync reads the whole window).
-        for future in as_completed(futures):
-            fetched = future.result()
-            ok += self._apply_fetched(fetched, now, failures)
-            del fetched
+        # Each deployment is applied as soon as it is read and then let go, so only the
+        # fetches not yet applied hold their pages (a first sync reads the whole window).
+        # as_completed drops each future it has handed out; a list of them kept here would
+        # keep every result, and so every page of a first sync, alive to the end.
+        for future in as_completed(
+            [self._executor.submit(self._fetch, d, plans[d]) for d in per_deployment]
+        ):
+            ok += self._apply_fetched(future.result(), now, failures)
         if use_feed:
             feed = self._fetch_feed([d for d in watched if d not in fresh], now)
             total += len(feed)

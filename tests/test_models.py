@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from qoder_exporter.models import ParseError, parse_deployment, parse_run, parse_timestamp
+from qoder_exporter.models import (
+    STATUSES,
+    ParseError,
+    parse_deployment,
+    parse_run,
+    parse_timestamp,
+)
 
 G1_COMPLETED: dict[str, Any] = {
     "id": "drun_019ec55a68af73028afa5b87931cb2f3",
@@ -103,6 +110,14 @@ def test_g2_record_with_session_is_a_completed_run_finished_at_creation() -> Non
     assert run.completed_at == run.created_at
 
 
+def test_statuses_are_shared_not_one_string_per_record() -> None:
+    """The store keeps each tracked run's status: all runs share one string per status."""
+    for status in STATUSES:
+        # json.loads makes a new string per record, as a page from the API does.
+        run = parse_run(json.loads(json.dumps(dict(G1_COMPLETED, status=status))))
+        assert run.status is STATUSES[STATUSES.index(status)]
+
+
 def test_unknown_fields_are_ignored() -> None:
     assert parse_run(dict(G1_COMPLETED, brand_new_field={"x": 1})).status == "completed"
 
@@ -114,6 +129,7 @@ def test_unknown_fields_are_ignored() -> None:
         ({"deployment_id": 5}, "run.deployment_id"),
         ({"created_at": "yesterday"}, "run.created_at"),
         ({"status": "exploded"}, "run.status"),
+        ({"status": ["running"]}, "run.status"),
         ({"duration_ms": "17s"}, "run.duration_ms"),
         ({"duration_ms": -1}, "run.duration_ms"),
         ({"completed_at": 12}, "run.completed_at"),
