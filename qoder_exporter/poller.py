@@ -405,12 +405,12 @@ class Poller:
         return [d.id for d in self.config.deployments if d.id not in self._deleted]
 
     def _refresh_metadata(self) -> None:
-        listed: dict[str, Deployment] = {}
-        for page in self.client.pages(
-            lambda c: self.client.list_deployments(limit=self.config.page_size, after_id=c)
-        ):
-            for dep in self._parse(page.data, parse_deployment, "deployment"):
-                listed[dep.id] = dep
+        try:
+            listed = self._list_deployments()
+        except APIError as exc:
+            if not self._refused_big_pages(exc):
+                raise
+            listed = self._list_deployments()
         if self.config.discover:
             for gone in set(self._deployments) - set(listed):
                 self._forget(gone)
@@ -431,6 +431,17 @@ class Poller:
             except ParseError as exc:
                 self.metrics.count_invalid("deployment")
                 log.warning("deployment %s: unusable record: %s", dep_id, exc)
+
+    def _list_deployments(self) -> dict[str, Deployment]:
+        # Pages as large as the feed's: listing 1,000 deployments takes 1 request, not 10,
+        # where the API allows it.
+        listed: dict[str, Deployment] = {}
+        for page in self.client.pages(
+            lambda c: self.client.list_deployments(limit=self._feed_limit, after_id=c)
+        ):
+            for dep in self._parse(page.data, parse_deployment, "deployment"):
+                listed[dep.id] = dep
+        return listed
 
     def _forget(self, deployment_id: str) -> None:
         if deployment_id not in self._deleted:
@@ -470,21 +481,26 @@ class Poller:
 
     def _fetch_feed(self, deployment_ids: list[str], now: float) -> list[_Fetched]:
         results = self._read_feed(deployment_ids, now)
-        error = results[0].error if results else None
-        if (
+        if results and self._refused_big_pages(results[0].error):
+            results = self._read_feed(deployment_ids, now)
+        return results
+
+    def _refused_big_pages(self, error: BaseException | None) -> bool:
+        """True (once) when the API answered 400 to a page larger than page_size."""
+        if not (
             isinstance(error, APIError)
             and error.status == 400
             and self._feed_limit > self.config.page_size
         ):
-            # One generation of the API caps limit at 100 and answers 400 above it.
-            log.info(
-                "the API refuses pages of %d runs: using %d",
-                self._feed_limit,
-                self.config.page_size,
-            )
-            self._feed_limit = self.config.page_size
-            results = self._read_feed(deployment_ids, now)
-        return results
+            return False
+        # One generation of the API caps limit at 100 and answers 400 above it.
+        log.info(
+            "the API refuses pages of %d records: using %d",
+            self._feed_limit,
+            self.config.page_size,
+        )
+        self._feed_limit = self.config.page_size
+        return True
 
     def _read_feed(self, deployment_ids: list[str], now: float) -> list[_Fetched]:
         """Read new runs of all known deployments from the cross-deployment feed."""
@@ -733,7 +749,7 @@ class _CycleFailed(QoderError):
 
 
 def _feed_limit(config: Config) -> int:
-    """Page size for the cross-deployment feed.
+    """Page size for the cross-deployment feed and, in discover mode, the deployment list.
 
     The feed holds every deployment's runs, so its pages fill fast: with the default
     page_size, try the larger cap of the API generation that allows 1000 (a tenth of the

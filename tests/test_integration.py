@@ -207,10 +207,31 @@ def test_discover_feed_tries_large_pages_and_falls_back(page_cap: int) -> None:
         poller.poll_once()
         run_for(sim, poller, 6 * 3600)
         assert_matches_truth(sim, poller, started)
-        refused = poller.snapshot.api_errors.get(("list_all_runs", "invalid_request_error"), 0)
-        # The 100-cap generation refuses the first large page, once; the other takes it.
-        assert refused == (1 if page_cap == 100 else 0)
+        errors = poller.snapshot.api_errors
+        # The 100-cap generation refuses the first large page (the deployment list comes
+        # first), once; the other takes it.
+        assert errors.get(("list_deployments", "invalid_request_error"), 0) == (
+            1 if page_cap == 100 else 0
+        )
+        assert errors.get(("list_all_runs", "invalid_request_error"), 0) == 0
         assert poller._feed_limit == (100 if page_cap == 100 else 1000)
+    finally:
+        poller.close()
+        sim.close()
+
+
+@pytest.mark.parametrize(("page_cap", "requests"), [(100, 1 + 3), (1000, 1)])
+def test_discover_lists_deployments_in_large_pages_where_the_api_allows(
+    page_cap: int, requests: int
+) -> None:
+    """250 deployments: one page of 1000, or a refused probe and three pages of 100."""
+    sim = Simulator(seed=9, deployments=250, token=TOKEN, page_cap=page_cap)
+    sim.serve("127.0.0.1", 0)
+    poller = Poller(make_config(sim, discover=True), clock=sim.clock.now)
+    try:
+        assert poller.poll_once()
+        assert sim.request_counts["list_deployments"] == requests
+        assert len(poller.snapshot.deployments) == 250
     finally:
         poller.close()
         sim.close()
