@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     print(report(results))
     print()
-    print(diagnosis(results))
+    print(diagnosis([r for r in results if r.discover]))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ class SyncPlan:
     floor: float
     watermark: float | None
     has_success: bool
+    # Tracked runs from the newest back to the oldest one in flight (0: none in flight):
+    # how deep the first page must reach to show every in-flight run without a GET each.
+    reach: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +116,19 @@ class RunStore:
         state = self.deployments.get(deployment_id)
         if state is None:
             return SyncPlan(True, frozenset(), frozenset(), now - lookback, None, False)
+        in_flight = state.in_flight()
+        oldest = min((state.runs[r].created_at for r in in_flight), default=None)
+        reach = 0
+        if oldest is not None:
+            reach = sum(1 for t in state.runs.values() if t.created_at >= oldest)
         return SyncPlan(
             initial=False,
             known=frozenset(state.runs),
-            in_flight=frozenset(state.in_flight()),
+            in_flight=frozenset(in_flight),
             floor=state.floor,
             watermark=state.watermark(),
             has_success=state.last_success is not None,
+            reach=reach,
         )
 
     def apply(

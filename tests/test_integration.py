@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,29 @@ def test_quiet_cycle_costs_one_page_per_deployment(
     assert counts.get("list_runs", 0) == len(sim.deployment_ids())
     assert counts.get("get_run_global", 0) <= in_flight
     assert counts.get("list_deployments", 0) == 0  # metadata is refreshed every 5 minutes
+
+
+def test_quiet_cycle_first_pages_are_as_deep_as_the_runs_in_flight(
+    sim: Simulator, poller_for: Callable[..., Poller]
+) -> None:
+    """A quiet cycle asks each deployment for a short first page; counts stay exact."""
+    poller = poller_for(page_size=100)
+    started = sim.clock.now()
+    poller.poll_once()
+    limits: list[int] = []
+    list_runs = poller.client.list_runs
+
+    def recording(deployment_id: str, **kw: Any) -> Any:
+        limits.append(kw["limit"])
+        return list_runs(deployment_id, **kw)
+
+    poller.client.list_runs = recording  # type: ignore[method-assign]
+    run_for(sim, poller, 6 * 3600, step=60)
+    assert_matches_truth(sim, poller, started)
+    # Most first pages are 10 runs plus those down to the oldest in flight; repo-indexer's
+    # stuck run makes its deployment's pages reach back to it.
+    assert sorted(limits)[len(limits) // 2] <= 15, limits
+    assert 15 < max(limits) <= 100
 
 
 def test_discover_quiet_cycle_uses_the_feed(

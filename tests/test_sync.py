@@ -266,6 +266,16 @@ def test_plan_freezes_what_workers_need() -> None:
     assert plan.known == {"a", "b"}
     assert plan.in_flight == {"a"}
     assert plan.watermark == pytest.approx(T0 - 30)
+    assert plan.reach == 2  # "a" in flight, and "b" newer than it
+
+
+def test_plan_reach_is_how_deep_the_in_flight_runs_lie() -> None:
+    s = store()
+    runs = [at(f"r{i}", -600 + i * 60, "completed", duration=1) for i in range(8)]
+    poll(s, T0, [*runs, at("slow", -500, "running")])
+    assert s.plan(DEP, T0 + 60, LOOKBACK).reach == 7  # "slow" and the 6 created after it
+    poll(s, T0 + 60, [at("slow", -500, "completed", duration=400)])
+    assert s.plan(DEP, T0 + 120, LOOKBACK).reach == 0  # nothing in flight
 
 
 @pytest.mark.parametrize(
