@@ -110,7 +110,7 @@ def _in_flight(poller: Poller) -> dict[str, float]:
 
 
 def _cover(positions: list[int], size: int) -> int:
-    """The fewest runs of `size` consecutive positions that hold all `positions`."""
+    """The fewest stretches of `size` consecutive positions that hold all `positions`."""
     pages, end = 0, -1
     for p in sorted(positions):
         if p > end:
