@@ -45,6 +45,18 @@ def require_tool(name: str) -> str:
     pytest.skip(message)
 
 
+def run_tool(name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run an installed tool (see require_tool) and return what it printed, never raising."""
+    return subprocess.run(
+        [require_tool(name), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

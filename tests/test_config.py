@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qoder_exporter.config import (
+    _API_KEYS,
+    _TOP_KEYS,
     DEFAULT_API_URL,
     DEFAULT_DURATION_BUCKETS,
     ApiConfig,
@@ -647,17 +649,6 @@ def test_huge_numbers_are_range_errors_not_crashes() -> None:
 # Property: any document gives a Config or a ConfigError whose lines all name a key path.
 
 _KEY_PATH = re.compile(r"(<top level>|(?:[A-Za-z_]\w*|\[.+?\])(?:\.[A-Za-z_]\w*|\[.+?\])*): \S")
-_TOP_LEVEL = (
-    "api",
-    "deployments",
-    "discover",
-    "poll_interval",
-    "lookback",
-    "page_size",
-    "concurrency",
-    "duration_buckets",
-)
-
 _strings = st.one_of(
     st.text(max_size=12),
     st.sampled_from(
@@ -699,13 +690,8 @@ _scalars = st.one_of(
 _keys = st.one_of(
     st.sampled_from(
         [
-            *_TOP_LEVEL,
-            "url",
-            "token",
-            "token_file",
-            "timeout",
-            "max_retries",
-            "requests_per_second",
+            *_TOP_KEYS,
+            *_API_KEYS,
             "id",
             "tokn",
         ]
@@ -722,9 +708,7 @@ _any = st.recursive(
     max_leaves=20,
 )
 _api = st.dictionaries(
-    st.sampled_from(
-        ["url", "token", "token_file", "timeout", "max_retries", "requests_per_second", "tokn"]
-    ),
+    st.sampled_from([*_API_KEYS, "tokn"]),
     _any,
     max_size=4,
 )
@@ -732,7 +716,7 @@ _deployment = st.one_of(
     _strings, _any, st.dictionaries(st.sampled_from(["id", "lookback", "x"]), _any, max_size=3)
 )
 _shaped = st.dictionaries(
-    st.sampled_from(_TOP_LEVEL),
+    st.sampled_from(_TOP_KEYS),
     st.one_of(_any, _api, st.lists(_deployment, max_size=4), st.lists(_scalars, max_size=4)),
     max_size=6,
 )
@@ -757,7 +741,7 @@ def test_any_document_gives_a_config_or_a_config_error_naming_key_paths(
             assert match, line
             root = re.split(r"[.\[]", match.group(1), maxsplit=1)[0]
             unknown = line[match.end() - 1 :].startswith("unknown key (")
-            assert root in ("<top level>", *_TOP_LEVEL) or unknown, line
+            assert root in ("<top level>", *_TOP_KEYS) or unknown, line
         assert TOKEN not in str(exc)
     else:
         assert isinstance(config, Config)

@@ -25,7 +25,7 @@ import pytest
 import requests
 import yaml
 
-from .harness import ROOT, LiveExporter, Prometheus, live_stack, require_tool
+from .harness import ROOT, LiveExporter, Prometheus, live_stack, require_tool, run_tool
 
 DASHBOARD_PATH = ROOT / "grafana" / "qoder-exporter.json"
 PROVISIONING = ROOT / "grafana" / "provisioning"
@@ -645,13 +645,7 @@ def test_compose_prometheus_gets_its_config_and_the_bundled_rules() -> None:
     assert qoder["static_configs"][0]["targets"] == ["exporter:7637"]
     alertmanagers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert alertmanagers == ["alertmanager:9093"]
-    check = subprocess.run(
-        [require_tool("promtool"), "check", "config", "--syntax-only", str(mounts[config_path])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    check = run_tool("promtool", "check", "config", "--syntax-only", str(mounts[config_path]))
     assert check.returncode == 0, check.stdout + check.stderr
 
 

@@ -10,20 +10,22 @@ import pytest
 import requests
 import yaml
 
-from .harness import ROOT, RULE_FILES, LiveExporter, Prometheus, free_port, live_stack, require_tool
+from .harness import (
+    ROOT,
+    RULE_FILES,
+    LiveExporter,
+    Prometheus,
+    free_port,
+    live_stack,
+    require_tool,
+    run_tool,
+)
 
 PROM_DIR = ROOT / "prometheus"
 
 
 def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [require_tool("promtool"), *args],
-        input=stdin.decode() if stdin is not None else None,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_tool("promtool", *args, stdin=stdin.decode() if stdin is not None else None)
 
 
 def test_promtool_check_rules_reports_nothing() -> None:
@@ -55,14 +57,7 @@ def test_every_alert_has_a_unit_test_and_a_runbook() -> None:
 def test_example_configs_are_valid() -> None:
     prom = promtool("check", "config", "--syntax-only", str(PROM_DIR / "prometheus.yml"))
     assert prom.returncode == 0, prom.stdout + prom.stderr
-    amtool = require_tool("amtool")
-    am = subprocess.run(
-        [amtool, "check-config", str(PROM_DIR / "alertmanager.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    am = run_tool("amtool", "check-config", str(PROM_DIR / "alertmanager.yml"))
     assert am.returncode == 0, am.stdout + am.stderr
 
 
