@@ -158,6 +158,7 @@ class Poller:
         self._metadata_at: float | None = None
         # On self.clock, the clock Retry-After speaks of (and one tests can step).
         self._paused_until = 0.0
+        self._probing = False  # the next cycle's first request goes alone (see _cycle)
         self._polls: dict[str, int] = {"success": 0, "failure": 0}
         self._poll_hist = Histogram([0] * (len(POLL_BUCKETS) + 1))
         self._up = False
@@ -361,6 +362,13 @@ class Poller:
         plans = {d: self.store.plan(d, now, self.lookback(d)) for d in per_deployment}
         ok, total = 0, len(per_deployment)
         failures: list[QoderError] = []
+        # _pause sets it again should this cycle meet another 429.
+        probing, self._probing = self._probing, False
+        if probing and per_deployment:
+            # After a rate limit, one request tells whether it is over. The others start
+            # only once it has answered, so another 429 pauses them before they send.
+            probe, per_deployment = per_deployment[0], per_deployment[1:]
+            ok += self._apply_fetched(self._fetch(probe, plans[probe]), now, failures)
         # Each deployment is applied as soon as it is read and then let go, so only the
         # fetches not yet applied hold their pages (a first sync reads the whole window).
         # as_completed drops each future it has handed out; a list of them kept here would
@@ -685,6 +693,7 @@ class Poller:
 
     def _pause(self, exc: RateLimitedError) -> None:
         self.metrics.rate_limited += 1
+        self._probing = True
         until = self.clock() + exc.retry_after
         self._paused_until = max(self._paused_until, until)
         log.warning("API rate limit: backing off for %.1fs", exc.retry_after)
