@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -151,6 +152,10 @@ def reload_config(poller: Poller, path: str) -> tuple[bool, str]:
     return True, "config reloaded\n"
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """Installed for the signals serve() reads from its wakeup socket instead."""
+
+
 def serve(
     poller: Poller, listen: str, config_path: str | None = None, *, web_config: str | None = None
 ) -> int:
@@ -186,33 +191,30 @@ def serve(
     except OSError as exc:
         print(f"--web.listen-address {listen}: {exc.strerror}", file=sys.stderr)
         return 1
-    # Signal handlers only flag; the main loop below does the work, outside the handler.
-    signaled, hup = threading.Event(), threading.Event()
-
-    def on_stop(*_: object) -> None:
-        stop.set()
-        signaled.set()
-
-    def on_hup(*_: object) -> None:
-        hup.set()
-        signaled.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
+    # Signals are read, not handled: a handler that set an Event could deadlock, since the
+    # main thread may hold that Event's lock (inside wait()) when the handler runs on it.
+    # The C-level handler writes each signal's number to this socket; the main loop reads it.
+    wake_r, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _ignore)  # not SIG_DFL: that would end the process at once
     thread.start()
     server.start()
     host = address[0] or "0.0.0.0"
     log.info("listening on %s://%s:%d/metrics", server.scheme, host, server.port)
     while not stop.is_set():
-        signaled.wait()
-        signaled.clear()
-        if hup.is_set() and not stop.is_set():
-            hup.clear()
-            if config_path is None:
-                log.warning("SIGHUP ignored: no config file to reload (demo mode)")
-            else:
-                reload()
+        for signum in wake_r.recv(64):
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                stop.set()
+            elif signum == signal.SIGHUP and not stop.is_set():
+                if config_path is None:
+                    log.warning("SIGHUP ignored: no config file to reload (demo mode)")
+                else:
+                    reload()
+    signal.set_wakeup_fd(previous_fd)
+    wake_r.close()
+    wake_w.close()
     log.info("shutting down")
     server.close()
     poller.wake()
