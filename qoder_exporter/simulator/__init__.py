@@ -11,6 +11,8 @@ Modules, by responsibility:
   paging.py      list pages, cursors, limits, created_at bounds
   endpoints.py   deployments, runs and their lists
   shape*.py      run shapes: G1 status-bearing (shape_g1), G2 record-only (shape_g2)
+  sessions.py    sessions: plan, status machine, events, usage, run outcomes (SessionStore)
+  sessions_api.py  GET /sessions, /sessions/{id}, /sessions/{id}/events
   truth.py       ground truth for tests
   httpserver.py  the HTTP server over handle_request
   adapter.py     a requests transport adapter over handle_request (no sockets)
@@ -22,6 +24,13 @@ from .clock import ManualClock, RealClock
 from .core import DEFAULT_START, SHAPES, Simulator
 from .faults import FAULT_KINDS, Faults
 from .routing import BASE_PATH, ENDPOINTS, handle_request
+from .sessions import (
+    SESSION_ERROR_TYPES,
+    SESSION_OUTCOMES,
+    SESSION_STATUSES,
+    RunOutcome,
+    SessionOptions,
+)
 from .world import DEFAULT_ERROR_TYPES, STATUSES, TERMINAL, DeploymentSpec
 
 __all__ = [
@@ -30,6 +39,9 @@ __all__ = [
     "DEFAULT_START",
     "ENDPOINTS",
     "FAULT_KINDS",
+    "SESSION_ERROR_TYPES",
+    "SESSION_OUTCOMES",
+    "SESSION_STATUSES",
     "SHAPES",
     "STATUSES",
     "TERMINAL",
@@ -37,6 +49,8 @@ __all__ = [
     "Faults",
     "ManualClock",
     "RealClock",
+    "RunOutcome",
+    "SessionOptions",
     "Simulator",
     "SimulatorAdapter",
     "handle_request",

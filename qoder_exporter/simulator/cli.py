@@ -8,6 +8,7 @@ import time
 
 from .clock import RealClock
 from .core import Simulator
+from .sessions import SessionOptions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--demo", action="store_true", help="fast profile: runs every 15-60 s, 2 h of history"
     )
+    parser.add_argument(
+        "--stop-reason",
+        choices=("object", "string"),
+        default="object",
+        help="how session.status_idle carries stop_reason",
+    )
+    parser.add_argument(
+        "--usage",
+        choices=("tokens", "credits"),
+        default="tokens",
+        help="session usage form: token fields, or {total_credits} only",
+    )
     args = parser.parse_args(argv)
     sim = Simulator(
         args.seed,
@@ -35,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         shape=args.shape,
         page_cap=args.page_cap,
         demo=args.demo,
+        sessions=SessionOptions(stop_reason=args.stop_reason, usage=args.usage),
     )
     url = sim.serve(args.host, args.port)
     print(f"QODER_API_URL={url}", flush=True)

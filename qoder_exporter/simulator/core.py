@@ -16,6 +16,7 @@ from .httpserver import Server
 from .paging import sort_key
 from .replies import Reply
 from .routing import BASE_PATH, ENDPOINTS, handle_request
+from .sessions import RunOutcome, SessionOptions, SessionStore, check_weights
 from .shape import RunShape
 from .shape_g1 import G1Shape
 from .shape_g2 import G2Shape
@@ -40,6 +41,7 @@ class Simulator:
         page_cap: int = 100,
         history_s: float = 3 * 86400,
         demo: bool = False,
+        sessions: SessionOptions | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self.seed = seed
@@ -61,6 +63,7 @@ class Simulator:
         self._all_runs: list[Run] = []
         self._unsorted: list[Run] = []
         self._next_due = INF
+        self.sessions = SessionStore(seed, sessions or SessionOptions())
         self.request_counts: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
         self.faults = Faults(seed, on_rotate=self._set_token)
         self._server: Server | None = None
@@ -171,6 +174,7 @@ class Simulator:
         """Register new runs in the id index and the global list."""
         for run in runs:
             self._runs[run.id] = run
+            self.sessions.add(run)
         self._unsorted.extend(runs)
 
     def _all_sorted(self) -> list[Run]:
@@ -188,6 +192,8 @@ class Simulator:
 
     def _add(self, spec: DeploymentSpec, created_ns: int) -> Deployment:
         """Create a deployment from a private copy of spec."""
+        if spec.session_outcomes is not None:
+            check_weights(spec.session_outcomes)
         if spec.max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
         if spec.interval_s is not None and spec.interval_s <= 0:
@@ -195,7 +201,11 @@ class Simulator:
         for low, high in (spec.pending_s, spec.duration_s):
             if not 0 <= low <= high:
                 raise ValueError("pending_s and duration_s need 0 <= low <= high")
-        spec = dataclasses.replace(spec, paused_reason=dict(spec.paused_reason or {}) or None)
+        spec = dataclasses.replace(
+            spec,
+            paused_reason=dict(spec.paused_reason or {}) or None,
+            session_outcomes=None if spec.session_outcomes is None else dict(spec.session_outcomes),
+        )
         dep = Deployment(self._created_count, spec, created_ns, self._start_ns, self.seed)
         self._created_count += 1
         self._deps[dep.id] = dep
@@ -234,6 +244,7 @@ class Simulator:
             self._dep_order.remove(dep)
             for run in dep.runs:
                 self._runs.pop(run.id, None)
+                self.sessions.remove(run)
             self._all_runs = [r for r in self._all_sorted() if r.dep is not dep]
             self._next_due = min((d.next_due_ns for d in self._dep_order), default=INF)
 
@@ -292,6 +303,23 @@ class Simulator:
     def truth_in_flight(self, deployment_id: str) -> list[str]:
         """Return ids of pending/running runs (always empty in the g2 shape)."""
         return truth.in_flight(self, deployment_id)
+
+    # -- sessions (sessions.py, sessions_api.py)
+
+    def lose_session(self, session_id: str) -> None:
+        """Make a session answer 404 everywhere from now on (its run is unchanged)."""
+        with self._lock:
+            self.sessions.lost.add(session_id)
+
+    def truth_run_outcomes(
+        self, deployment_id: str, since: float | None = None, until: float | None = None
+    ) -> list[RunOutcome]:
+        """The outcome of each run created in [since, until], oldest first (see RunOutcome)."""
+        return truth.run_outcomes(self, deployment_id, since, until)
+
+    def truth_run_outcome(self, run_id: str) -> RunOutcome:
+        """The outcome of one run (KeyError when unknown)."""
+        return truth.run_outcome(self, run_id)
 
     # -- request accounting
 

@@ -35,6 +35,9 @@ class Faults:
         self.down = False
         self.revoke_after: int | None = None
         self.random_rates: dict[str, float] = {}
+        # Endpoints that are down: every request to them answers 500 until clear() (after any
+        # queued fault for them), e.g. {"list_sessions", "get_session", "list_session_events"}.
+        self.broken: set[str] = set()
         # Faults actually served, by kind (queued or random), so tests can match error counts.
         self.delivered: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
 
@@ -71,7 +74,7 @@ class Faults:
         return self._revoked
 
     def clear(self) -> None:
-        """Remove every fault: queue, latency, down, revocation and random rates."""
+        """Remove every fault: queue, latency, down, broken endpoints, revocation, random rates."""
         with self._lock:
             self._queue.clear()
             self._revoked = False
@@ -79,6 +82,7 @@ class Faults:
             self.down = False
             self.revoke_after = None
             self.random_rates = {}
+            self.broken = set()
 
     def take(self, endpoint: str) -> tuple[str, str | None] | None:
         """Return the fault (kind, retry_after) that applies to this request, if any."""
@@ -90,6 +94,9 @@ class Faults:
                         del self._queue[i]
                     self.delivered[queued.kind] += 1
                     return queued.kind, queued.retry_after
+            if endpoint in self.broken:
+                self.delivered["500"] += 1
+                return "500", None
             for kind in sorted(self.random_rates):
                 rate = self.random_rates[kind]
                 if rate > 0 and self._rng.random() < rate:

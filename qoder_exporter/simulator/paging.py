@@ -138,3 +138,66 @@ def envelope(data: list[JSON], has_more: bool) -> JSON:
         "has_more": has_more,
         "next_page": last_id if has_more else None,
     }
+
+
+T = TypeVar("T")
+
+
+def ordered_page(
+    items: list[T],
+    key: Callable[[T], tuple[int, str]],
+    lo: int,
+    hi: int,
+    match: Callable[[T], bool],
+    limit: int,
+    cursor: tuple[str, tuple[int, str]] | None,
+    ascending: bool,
+) -> tuple[list[T], bool]:
+    """Select one page from items[lo:hi] (sorted ascending by key) in either list order.
+
+    "after" X continues past X in list order; "before" X takes the items just before X in list
+    order. The page is returned in list order; has_more says whether the scan could go on.
+    """
+    backward = cursor is not None and cursor[0] == "before"
+    up = ascending != backward  # scanning towards higher indices
+    if cursor is None:
+        start = lo if up else hi - 1
+    elif up:
+        start = max(lo, bisect.bisect_right(items, cursor[1], key=key))
+    else:
+        start = min(hi - 1, bisect.bisect_left(items, cursor[1], key=key) - 1)
+    indices = range(start, hi) if up else range(start, lo - 1, -1)
+    out: list[T] = []
+    for i in indices:
+        if match(items[i]):
+            out.append(items[i])
+            if len(out) > limit:
+                break
+    has_more = len(out) > limit
+    out = out[:limit]
+    if backward:
+        out.reverse()
+    return out, has_more
+
+
+def time_bounds(
+    items: list[T], key: Callable[[T], tuple[int, str]], query: dict[str, str], name: str
+) -> tuple[int, int]:
+    """Return [lo, hi) of items whose time (key[0]) meets name[gt|gte|lt|lte] bounds."""
+    lo, hi = 0, len(items)
+    for op, after, inclusive in (
+        ("gte", True, True),
+        ("gt", True, False),
+        ("lte", False, True),
+        ("lt", False, False),
+    ):
+        ns = time_param(query, f"{name}[{op}]")
+        if ns is None:
+            continue
+        edge = ns if after == inclusive else ns + 1
+        pos = bisect.bisect_left(items, (edge, ""), key=key)
+        if after:
+            lo = max(lo, pos)
+        else:
+            hi = min(hi, pos)
+    return lo, hi

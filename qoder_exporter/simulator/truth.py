@@ -6,6 +6,7 @@ import bisect
 from typing import TYPE_CHECKING
 
 from .paging import sort_key
+from .sessions import RunOutcome
 from .stamps import to_ns
 from .world import STATUSES, TERMINAL
 
@@ -67,3 +68,28 @@ def in_flight(sim: Simulator, deployment_id: str) -> list[str]:
     with sim._lock:
         now = sim._sync()
         return [r.id for r in sim.run_shape.in_flight(sim._dep(deployment_id), now)]
+
+
+def run_outcomes(
+    sim: Simulator, deployment_id: str, since: float | None, until: float | None
+) -> list[RunOutcome]:
+    """The session-based outcome of each run created in [since, until] (default: all)."""
+    with sim._lock:
+        now = sim._sync()
+        dep = sim._dep(deployment_id)
+        lo_ns = 0 if since is None else to_ns(since)
+        hi_ns = now if until is None else min(now, to_ns(until))
+        whole = sim.shape == "g2"
+        return [
+            sim.sessions.outcome(run, now, whole)
+            for run in dep.runs
+            if lo_ns <= run.created_ns <= hi_ns
+        ]
+
+
+def run_outcome(sim: Simulator, run_id: str) -> RunOutcome:
+    """The session-based outcome of one run."""
+    with sim._lock:
+        now = sim._sync()
+        run = sim._runs[run_id]
+        return sim.sessions.outcome(run, now, sim.shape == "g2")

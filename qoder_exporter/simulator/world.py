@@ -56,6 +56,9 @@ class DeploymentSpec:
     # Extension: when paused, the unix time it was paused at (runs happen before it); None means
     # paused since creation.
     paused_at: float | None = None
+    # Extension: weights of how this deployment's sessions end (sessions.SESSION_OUTCOMES);
+    # None: the world's SessionOptions.weights.
+    session_outcomes: dict[str, float] | None = None
 
 
 class Run:
