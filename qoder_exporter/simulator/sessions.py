@@ -127,10 +127,14 @@ class Tokens:
     cache_5m: int
     cache_1h: int
 
+    def cents(self) -> int:
+        """Credits in hundredths: the API floors credits to 2 decimals."""
+        raw = 10 * (self.input + 5 * self.output + self.cache_5m + self.cache_1h) + self.cache_read
+        return raw // 1000
+
     def credits(self) -> float:
-        """Credits as the API would show them: floored to 2 decimals."""
-        raw = self.input + 5 * self.output + self.cache_read / 10 + self.cache_5m + self.cache_1h
-        return int(raw / 100) / 100
+        """Credits as the API would show them."""
+        return self.cents() / 100
 
     def by_kind(self) -> dict[str, int]:
         """Tokens by the exporter's kind label."""
@@ -249,13 +253,15 @@ class Session:
 
     def usage_json(self, now: int) -> JSON:
         """Cumulative usage so far, in the world's documented form."""
-        share = min(1.0, self.active_ns(now) / self.active_total_ns) if self.active_total_ns else 1
+        total = self.active_total_ns
+        share = min(1.0, self.active_ns(now) / total) if total else 1.0
         t = self.tokens
         if self.options.usage == "credits":
-            credits = int(t.credits() * share * 100) / 100
-            if credits <= 0:
+            cents = t.cents() if share >= 1 else int(t.cents() * share)
+            if cents <= 0:
                 return {}  # omitted when there is no data
-            return {"total_credits": int(credits) if credits == int(credits) else credits}
+            # trailing zeros dropped: 6 and 5.9, not 6.0 and 5.90
+            return {"total_credits": cents // 100 if cents % 100 == 0 else cents / 100}
         return {
             "input_tokens": int(t.input * share),
             "output_tokens": int(t.output * share),
