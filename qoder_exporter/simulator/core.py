@@ -63,7 +63,9 @@ class Simulator:
         self._all_runs: list[Run] = []
         self._unsorted: list[Run] = []
         self._next_due = INF
-        self.sessions = SessionStore(seed, sessions or SessionOptions())
+        self.sessions = SessionStore(
+            seed, sessions or SessionOptions(), lambda: self._runs.values()
+        )
         self.request_counts: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
         self.faults = Faults(seed, on_rotate=self._set_token)
         self._server: Server | None = None

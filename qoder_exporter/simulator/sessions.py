@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .stamps import JSON, MS, NS, fmt, new_id
@@ -338,28 +339,39 @@ def has_session(run: Run) -> bool:
 class SessionStore:
     """Sessions by id; each planned on first use and kept, so answers never change."""
 
-    def __init__(self, seed: int, options: SessionOptions) -> None:
+    def __init__(
+        self, seed: int, options: SessionOptions, all_runs: Callable[[], Iterable[Run]]
+    ) -> None:
         self.seed = seed
         self.options = options
-        self._runs: dict[str, Run] = {}  # session id -> run
+        # The id index is built on the first lookup by session id: a world whose sessions are
+        # never asked for (the bench's thousands of deployments) pays nothing for them.
+        self._all_runs = all_runs
+        self._runs: dict[str, Run] | None = None  # session id -> run
         self._plans: dict[str, Session] = {}  # run id -> plan
         self.lost: set[str] = set()  # session ids that answer 404 (the "404 session" fault)
 
     def add(self, run: Run) -> None:
         """Register a new run's session, if it has one."""
-        if has_session(run):
+        if self._runs is not None and has_session(run):
             self._runs[run.session_id()] = run
 
     def remove(self, run: Run) -> None:
         """Forget a deleted run's session."""
-        if has_session(run):
+        self._plans.pop(run.id, None)
+        if self._runs is not None and has_session(run):
             self._runs.pop(run.session_id(), None)
-            self._plans.pop(run.id, None)
+
+    def listed(self, run: Run) -> bool:
+        """Whether the run has a session that the API shows."""
+        return has_session(run) and run.session_id() not in self.lost
 
     def run_of(self, session_id: str) -> Run | None:
         """Return the run whose session this is, unless unknown or lost."""
         if session_id in self.lost:
             return None
+        if self._runs is None:
+            self._runs = {r.session_id(): r for r in self._all_runs() if has_session(r)}
         return self._runs.get(session_id)
 
     def plan(self, run: Run) -> Session:

@@ -75,7 +75,7 @@ def list_sessions(sim: Simulator, req: Request) -> JSON:
         cursor = _cursor(req, find)
 
     def match(run: Run) -> bool:
-        if run.created_ns > now or store.run_of(run.session_id()) is not run:
+        if run.created_ns > now or not store.listed(run):
             return False
         return not statuses or store.plan(run).status(now) in statuses
 
