@@ -1407,6 +1407,9 @@ def test_request_counts(fresh: tuple[Simulator, Api]) -> None:
     Api(api.base, token=None).get("/deployment_runs")  # 401s count too
     sim.faults.inject("503")
     api.get("/deployment_runs")  # and faulted requests
+    api.ok("/sessions")
+    api.get("/sessions/sess_missing")
+    api.get("/sessions/sess_missing/events")
     assert sim.request_counts == {
         "list_deployments": 2,
         "get_deployment": 1,
@@ -1415,9 +1418,12 @@ def test_request_counts(fresh: tuple[Simulator, Api]) -> None:
         "get_run": 1,
         "get_run_global": 1,
         "create_run": 1,
+        "list_sessions": 1,
+        "get_session": 1,
+        "list_session_events": 1,
         "unknown": 1,
     }
-    assert sim.total_requests() == 13
+    assert sim.total_requests() == 16
     sim.reset_counts()
     assert set(sim.request_counts.values()) == {0}
     assert sim.total_requests() == 0
