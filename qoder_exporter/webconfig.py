@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import difflib
 import hashlib
 import hmac
 import logging
@@ -36,10 +35,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-import yaml
-
-from .config import _kind as _config_kind
-from .config import _show, _StrictLoader, _yaml_error
+from .yamlreader import Reader, YamlFileError, child_path, kind_of, load_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -136,73 +132,43 @@ class WebConfig:
 def load_web_config(path: str) -> WebConfig:
     """Read and validate the web config file at path (the certificates are not opened)."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(_MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise WebConfigError(path, [f"cannot read the file: {exc.strerror or exc}"]) from None
-    if len(raw) > _MAX_FILE_BYTES:
-        raise WebConfigError(path, [f"larger than {_MAX_FILE_BYTES} bytes"])
-    try:
-        text = raw.decode("utf-8")
-        # Safe: _StrictLoader is a SafeLoader that only adds the duplicate-key check.
-        data = yaml.load(text, Loader=_StrictLoader)
-    except UnicodeDecodeError as exc:
-        raise WebConfigError(path, [f"not UTF-8 text (bad byte at offset {exc.start})"]) from None
-    except yaml.MarkedYAMLError as exc:
-        raise WebConfigError(path, [_yaml_error(path, exc)]) from None
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        raise WebConfigError(path, [f"invalid YAML: {exc}"]) from None
+        data = load_yaml_file(path, _MAX_FILE_BYTES)
+    except YamlFileError as exc:
+        raise WebConfigError(path, [str(exc)]) from None
     return web_config_from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)), source=path)
 
 
 def web_config_from_dict(data: object, *, base_dir: str, source: str) -> WebConfig:
     """Validate a parsed web config document; relative file paths are taken from base_dir."""
-    reader = _Reader(base_dir)
+    reader = _WebReader(base_dir)
     config = reader.read(data)
     if reader.errors:
-        raise WebConfigError(source, reader.errors)
+        raise WebConfigError(source, reader.render_errors())
     return config
 
 
-class _Reader:
+class _WebReader(Reader):
+    """The web config's sections over the shared Reader (no ${VAR} expansion: hashes hold $)."""
+
     def __init__(self, base_dir: str) -> None:
+        super().__init__()
         self.base_dir = base_dir
-        self.errors: list[str] = []
 
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
-
-    def mapping(self, path: str, value: object, keys: Sequence[str]) -> dict[str, Any]:
+    def section(self, path: str, value: object, keys: Sequence[str]) -> dict[str, Any]:
+        """An optional mapping section; keys exporter-toolkit knows are refused with a reason."""
         if value is None:
             return {}
-        if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {_kind(value)}")
-            return {}
-        known: dict[str, Any] = {}
-        for key, item in value.items():
-            child = f"{path}.{key}" if path else str(key)
-            if key in keys:
-                known[key] = item
-            elif child in _UNSUPPORTED:
-                self.error(child, _UNSUPPORTED[child])
-            else:
-                close = difflib.get_close_matches(str(key), keys, n=1)
-                hint = (
-                    f"did you mean {close[0]!r}?"
-                    if close
-                    else "expected one of: " + ", ".join(keys)
-                )
-                self.error(child, f"unknown key ({hint})")
-        return known
+        return self.mapping(path, value, keys, _UNSUPPORTED) or {}
 
-    def string(self, path: str, value: object) -> str | None:
+    def text(self, path: str, value: object) -> str | None:
+        """A non-empty string whose content is never shown (it may be a hash or a password)."""
         if not isinstance(value, str) or not value.strip():
-            self.error(path, f"expected a non-empty string, got {_kind(value)}")
+            self.error(path, f"must be a non-empty string, got {kind_of(value)}")
             return None
         return value
 
     def file(self, path: str, value: object) -> str | None:
-        name = self.string(path, value)
+        name = self.text(path, value)
         if name is None:
             return None
         full = os.path.join(self.base_dir, os.path.expanduser(name))
@@ -212,22 +178,21 @@ class _Reader:
         return full
 
     def read(self, data: object) -> WebConfig:
-        if data is None:
-            data = {}
-        top = self.mapping("", data, _TOP_KEYS)
+        top = self.section("", data, _TOP_KEYS)
         tls = self.tls(top["tls_server_config"]) if "tls_server_config" in top else None
         headers = self.headers(
-            self.mapping("http_server_config", top.get("http_server_config"), _HTTP_KEYS)
+            self.section("http_server_config", top.get("http_server_config"), _HTTP_KEYS)
         )
         users = self.users(top.get("basic_auth_users"))
         return WebConfig(tls=tls, basic_auth_users=users, headers=headers)
 
     def tls(self, value: object) -> TLSServerConfig | None:
         path = "tls_server_config"
-        section = self.mapping(path, value, _TLS_KEYS)
+        if value is None:
+            self.error(path, "empty: give cert_file and key_file, or remove the section")
+            return None
+        section = self.section(path, value, _TLS_KEYS)
         if not isinstance(value, dict):
-            if value is None:
-                self.error(path, "empty: give cert_file and key_file, or remove the section")
             return None
         errors_before = len(self.errors)
         cert = key = None
@@ -241,29 +206,27 @@ class _Reader:
         versions: dict[str, str | None] = {}
         for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
             version = section.get(name, default)
-            if not isinstance(version, str):
-                self.error(f"{path}.{name}", f"expected TLS12 or TLS13, got {_kind(version)}")
-            elif version in _OLD_TLS:
+            if version in _OLD_TLS:
                 self.error(f"{path}.{name}", f"{version} is not allowed: use TLS12 or TLS13")
-            elif version not in TLS_VERSIONS:
-                self.error(f"{path}.{name}", f"expected TLS12 or TLS13, got {_show(version)}")
-            versions[name] = version if isinstance(version, str) else None
+                versions[name] = None
+                continue
+            before = len(self.errors)
+            versions[name] = self.choice(f"{path}.{name}", version, default, tuple(TLS_VERSIONS))
+            if len(self.errors) > before:
+                versions[name] = None
         low, high = versions["min_version"], versions["max_version"]
         if low in TLS_VERSIONS and high in TLS_VERSIONS and TLS_VERSIONS[low] > TLS_VERSIONS[high]:
-            self.error(f"{path}.max_version", "lower than min_version")
+            self.error(f"{path}.max_version", "must not be lower than min_version")
         auth = section.get("client_auth_type", "NoClientCert")
-        if not isinstance(auth, str):
-            self.error(f"{path}.client_auth_type", f"expected a string, got {_kind(auth)}")
-        elif auth in _UNVERIFIED_CLIENT_AUTH:
+        if auth in _UNVERIFIED_CLIENT_AUTH:
             self.error(
                 f"{path}.client_auth_type",
                 f"{auth} accepts certificates without verifying them and is not supported: "
                 "use RequireAndVerifyClientCert or VerifyClientCertIfGiven",
             )
-        elif auth not in CLIENT_AUTH_TYPES:
-            self.error(
-                f"{path}.client_auth_type",
-                f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {_show(auth)}",
+        else:
+            auth = self.choice(
+                f"{path}.client_auth_type", auth, "NoClientCert", tuple(CLIENT_AUTH_TYPES)
             )
         ca = None
         if "client_ca_file" in section:
@@ -289,34 +252,31 @@ class _Reader:
         )
 
     def headers(self, section: dict[str, Any]) -> dict[str, str]:
-        if "http2" in section and not isinstance(section["http2"], bool):
-            self.error(
-                "http_server_config.http2", f"expected true or false, got {_kind(section['http2'])}"
-            )
+        self.boolean("http_server_config.http2", section.get("http2"), False)
         value = section.get("headers")
         path = "http_server_config.headers"
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {_kind(value)}")
+            self.error(path, f"must be a mapping, got {kind_of(value)}")
             return {}
         headers: dict[str, str] = {}
         for name, text in value.items():
-            child = f"{path}.{name}"
+            child = _name_path(path, name)
             if name not in ALLOWED_HEADERS:
                 self.error(
                     child, "this header cannot be set: allowed are " + ", ".join(ALLOWED_HEADERS)
                 )
                 continue
-            if not isinstance(text, str) or not text.strip():
-                self.error(child, f"expected a non-empty string, got {_kind(text)}")
+            if self.text(child, text) is None:
                 continue
+            assert isinstance(text, str)
             if not text.isascii() or any(ord(c) < 32 or ord(c) == 127 for c in text):
-                self.error(child, "only printable ASCII is allowed in a header value")
+                self.error(child, "must be printable ASCII (it is sent as a header value)")
                 continue
             allowed = ALLOWED_HEADERS[name]
             if allowed is not None and text.lower() not in allowed:
-                self.error(child, f"expected one of {', '.join(allowed)}, got {_show(text)}")
+                self.error(child, f"must be one of {', '.join(allowed)}, got {self.show(text)}")
                 continue
             headers[name] = text
         return headers
@@ -326,21 +286,21 @@ class _Reader:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(path, f"expected a mapping of user: bcrypt hash, got {_kind(value)}")
+            self.error(path, f"must be a mapping of user: bcrypt hash, got {kind_of(value)}")
             return {}
         users: dict[str, str] = {}
         for user, hashed in value.items():
             if not isinstance(user, str) or not user:
-                self.error(f"{path}[{_show(user)}]", "a user name must be a non-empty string")
+                self.error(child_path(path, user), "a user name must be a non-empty string")
                 continue
-            child = f"{path}.{user}" if _PLAIN_NAME.fullmatch(user) else f"{path}[{user!r}]"
+            child = _name_path(path, user)
             if ":" in user:
                 self.error(child, "a basic auth user name cannot contain ':'")
             elif not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
                 # The value is not shown: it may be a password pasted in place of its hash.
                 self.error(
                     child,
-                    "expected a bcrypt hash ($2b$ or $2y$, cost 4 to 31), "
+                    "must be a bcrypt hash ($2b$ or $2y$, cost 4 to 31), "
                     "like htpasswd -nBC 10 USER prints",
                 )
             else:
@@ -354,11 +314,11 @@ class _Reader:
         return users
 
 
-def _kind(value: object) -> str:
-    """Describe a value by kind only (hashes and passwords are never shown)."""
-    if isinstance(value, str):
-        return "an empty string" if not value.strip() else "a string"
-    return _config_kind(value)
+def _name_path(path: str, name: object) -> str:
+    """Header and user names read plainly (a.X-Frame-Options), odd ones quoted."""
+    if isinstance(name, str) and _PLAIN_NAME.fullmatch(name):
+        return f"{path}.{name}"
+    return child_path(path, name)
 
 
 def _import_bcrypt() -> ModuleType | None:
