@@ -30,7 +30,7 @@ import os
 import re
 import ssl
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -89,6 +89,7 @@ MAX_PASSWORD_BYTES = 72
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@-]+")
 _MAX_FILE_BYTES = 1024 * 1024
 _AUTH_CACHE_SIZE = 64
+_DEFAULT_COST = 10
 
 
 class WebConfigError(Exception):
@@ -379,8 +380,10 @@ def _ssl_reason(exc: Exception) -> str:
 class BasicAuth:
     """Checks `Authorization: Basic` headers against bcrypt hashes.
 
-    An unknown user costs one bcrypt check against a dummy hash of the usual cost, like a
-    known one, so that timing does not tell which users exist. Passwords over 72 bytes are
+    An unknown user costs one bcrypt check against a dummy hash of the highest cost among the
+    users, and a wrong password for a user whose hash is cheaper costs that same check on
+    top, so that timing does not tell which users exist (users whose costs differ are warned
+    about at load: the cheap check itself still shows, a little). Passwords over 72 bytes are
     refused outright: bcrypt would truncate them (before 4.1) or raise ValueError (since).
     Successes are cached, so that a Prometheus scraping every few seconds costs one bcrypt
     check per config, not one per scrape: the key is an HMAC, under a per-process random key,
@@ -395,7 +398,16 @@ class BasicAuth:
             raise RuntimeError("bcrypt is not installed: pip install qoder-exporter[web]")
         self._bcrypt: Any = bcrypt
         self._users = {user: hashed.encode("ascii") for user, hashed in users.items()}
-        self._dummy = _dummy_hash(users.values())
+        costs = {user: _cost(hashed) for user, hashed in users.items()}
+        top = max(costs.values(), default=_DEFAULT_COST)
+        self._dummy = _dummy_hash(top)
+        self._cheaper = frozenset(user for user, cost in costs.items() if cost < top)
+        if self._cheaper:
+            log.warning(
+                "basic_auth_users: bcrypt costs differ (%s): a user with a cheaper hash can be "
+                "told apart by response time; hash every password with the same cost",
+                ", ".join(str(cost) for cost in sorted(set(costs.values()))),
+            )
         self._cache_key = os.urandom(32)
         self._cache: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._cache_lock = threading.Lock()
@@ -420,6 +432,8 @@ class BasicAuth:
                 self._cache.move_to_end(key)
                 return user
         if not self._checkpw(password, hashed):
+            if user in self._cheaper:
+                self._checkpw(password, self._dummy)  # as long as the costliest user's check
             return None
         with self._cache_lock:
             self._cache[key] = None
@@ -461,10 +475,13 @@ def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:
         return None
 
 
-def _dummy_hash(hashes: Iterable[str]) -> bytes:
-    """A well-formed hash no password matches, at the cost most users' hashes have."""
-    costs = collections.Counter(int(h[4:6]) for h in hashes)
-    cost = max(costs, key=lambda c: (costs[c], c)) if costs else 10
+def _cost(hashed: str) -> int:
+    """The cost of a hash that matched _BCRYPT_HASH ($2b$10$...)."""
+    return int(hashed[4:6])
+
+
+def _dummy_hash(cost: int) -> bytes:
+    """A well-formed hash of the given cost that no password matches."""
     return f"$2b${cost:02d}${'.' * 53}".encode("ascii")
 
 
@@ -561,6 +578,11 @@ class WebConfigWatcher:
             if (config.tls is None) != (self._current.context is None):
                 raise WebConfigError(
                     self.path, ["tls_server_config: turning TLS on or off needs a restart"]
+                )
+            # An emptied or half-written file must not open the endpoints: refused like TLS.
+            if self._current.auth is not None and not config.basic_auth_users:
+                raise WebConfigError(
+                    self.path, ["basic_auth_users: turning basic auth off needs a restart"]
                 )
             active = activate(config, self.path)
         except WebConfigError as exc:

@@ -31,7 +31,7 @@ import pytest
 from qoder_exporter.collector import Exposition
 from qoder_exporter.server import ExporterServer
 from qoder_exporter.snapshot import Snapshot
-from qoder_exporter.webconfig import WebConfigError, load_web_config
+from qoder_exporter.webconfig import BasicAuth, WebConfigError, load_web_config
 
 from .conftest import announced_port
 from .harness import require_tool
@@ -447,6 +447,44 @@ def test_unknown_user_costs_a_bcrypt_check_like_a_known_one(tmp_path: Path) -> N
     assert unknown > known / 2, (known, unknown)
 
 
+class _CostRecorder:
+    """bcrypt, recording the cost of every hash a password is checked against."""
+
+    def __init__(self) -> None:
+        self.costs: list[int] = []
+
+    def checkpw(self, password: bytes, hashed: bytes) -> bool:
+        self.costs.append(int(hashed[4:6]))
+        return bool(bcrypt.checkpw(password, hashed))
+
+
+def test_a_failed_check_costs_the_costliest_users_check_whoever_is_named() -> None:
+    # Timing-free: the work done is read from the hashes checked, not from a clock.
+    carol_hash = bcrypt.hashpw(b"carol-pw", bcrypt.gensalt(rounds=4)).decode()
+    dave_hash = bcrypt.hashpw(b"dave-pw", bcrypt.gensalt(rounds=6)).decode()
+    auth = BasicAuth({"alice": ALICE_HASH, "carol": carol_hash, "dave": dave_hash})
+    recorder = _CostRecorder()
+    auth._bcrypt = recorder
+    for user in ("nobody", "alice", "carol", "dave"):
+        recorder.costs.clear()
+        assert auth.check(basic(user, "wrong")["Authorization"]) is None
+        assert max(recorder.costs) == 6, (user, recorder.costs)
+    recorder.costs.clear()
+    assert auth.check(basic("alice", ALICE_PW)["Authorization"]) == "alice"
+    assert recorder.costs == [4], "a right password is not slowed down"
+
+
+def test_differing_bcrypt_costs_are_warned_about_at_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dave_hash = bcrypt.hashpw(b"dave-pw", bcrypt.gensalt(rounds=5)).decode()
+    with serving(tmp_path, users_yaml(alice=ALICE_HASH, bob=BOB_HASH)):
+        assert not [r for r in caplog.records if "costs differ" in r.getMessage()]
+    with serving(tmp_path, users_yaml(alice=ALICE_HASH, dave=dave_hash)):
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert [w for w in warnings if "bcrypt costs differ (4, 5)" in w], warnings
+
+
 def test_healthy_is_open_and_everything_else_needs_auth(tmp_path: Path) -> None:
     with serving(tmp_path, users_yaml(alice=ALICE_HASH), reload=lambda: (True, "ok")) as server:
         assert request(server, "/-/healthy")[0] == 200
@@ -497,6 +535,26 @@ def test_turning_tls_off_needs_a_restart(pki: Pki, tmp_path: Path) -> None:
         write_atomically(tmp_path / "web.yml", users_yaml(alice=ALICE_HASH))
         assert request(server, "/metrics", context=client_context(pki))[0] == 200
         assert server.scheme == "https"
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    ["", "# emptied\n", "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"],
+    ids=["empty", "comment only", "headers only"],
+)
+def test_a_reload_never_turns_basic_auth_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, replacement: str
+) -> None:
+    with serving(tmp_path, users_yaml(alice=ALICE_HASH)) as server:
+        # In place, not atomically: a reader may see the file empty, as an editor leaves it.
+        (tmp_path / "web.yml").write_text(replacement)
+        for _ in range(3):
+            assert request(server, "/metrics")[0] == 401
+        assert request(server, "/metrics", headers=basic("alice", ALICE_PW))[0] == 200
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "turning basic auth off needs a restart" in errors[0]
+        write_atomically(tmp_path / "web.yml", users_yaml(bob=BOB_HASH))
+        assert request(server, "/metrics", headers=basic("bob", BOB_PW))[0] == 200
 
 
 # POST /-/reload
