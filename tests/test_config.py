@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qoder_exporter.client import QoderClient
 from qoder_exporter.config import (
     _API_KEYS,
     _TOP_KEYS,
@@ -426,7 +430,162 @@ def test_bad_urls(url: str, error: str) -> None:
     assert errors_of({"api": {"url": url}, "discover": True}) == [f"api.url: {error}"]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/api/v1/cloud",
+        "http://127.9.9.9/x",
+        "http://[::1]:9/x",
+        "http://localhost:1/x",
+        "http://LOCALHOST/x",
+    ],
+)
+def test_plain_http_to_loopback_is_allowed(url: str) -> None:
+    assert config_from_dict({"api": {"url": url}, "discover": True}, ENV).api.url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.qoder.com/x", "http://10.0.0.1/x", "http://[::2]/x", "http://localhost.x/"]
+)
+def test_plain_http_elsewhere_is_refused_unless_insecure(url: str) -> None:
+    doc: dict[str, object] = {"api": {"url": url}, "discover": True}
+    assert errors_of(doc) == [
+        "api.url: plain http:// sends the token unencrypted: use https://, "
+        f"or set api.insecure: true, got {url!r}"
+    ]
+    doc["api"] = {"url": url, "insecure": True}
+    config = config_from_dict(doc, ENV)
+    assert (config.api.url, config.api.insecure) == (url.rstrip("/"), True)
+
+
+def test_plain_http_from_qoder_api_url_is_refused_too() -> None:
+    env = dict(ENV, QODER_API_URL="http://api.qoder.com/x")
+    assert errors_of({"discover": True}, env) == [
+        "api.url: from QODER_API_URL: plain http:// sends the token unencrypted: use https://, "
+        "or set api.insecure: true, got 'http://api.qoder.com/x'"
+    ]
+    insecure = config_from_dict({"api": {"insecure": True}, "discover": True}, env)
+    assert insecure.api.url == "http://api.qoder.com/x"
+
+
+# The bounds on a hostile API
+
+
+def test_api_bounds_defaults() -> None:
+    api = config_from_dict({"discover": True}, ENV).api
+    assert api.max_response_bytes == 8 * 1024 * 1024
+    assert (api.deadline, api.max_pages, api.max_clock_skew, api.insecure) == (
+        30.0,
+        1000,
+        300.0,
+        False,
+    )
+    assert not hasattr(api, "connect_timeout")
+
+
+@pytest.mark.parametrize(
+    ("size", "size_bytes"),
+    [("512KiB", 512 * 1024), ("8MiB", 8 << 20), ("1GiB", 1 << 30), (65536, 65536), ("70000", 70000),
+     ("100000B", 100_000), ("2 MiB", 2 << 20)],
+)  # fmt: skip
+def test_max_response_size_accepts(size: object, size_bytes: int) -> None:
+    doc = {"api": {"max_response_size": size}, "discover": True}
+    assert config_from_dict(doc, ENV).api.max_response_bytes == size_bytes
+
+
+@pytest.mark.parametrize(
+    ("size", "error"),
+    [
+        (65535, "must be from 64KiB to 1GiB, got 65535"),
+        ("2GiB", "must be from 64KiB to 1GiB, got '2GiB'"),
+        ("8MB", "must be a size like 512KiB or 8MiB, got '8MB'"),
+        ("-1MiB", "must be a size like 512KiB or 8MiB, got '-1MiB'"),
+        (1.5, "must be a size like 512KiB or 8MiB, got 1.5"),
+        (True, "must be a size like 512KiB or 8MiB, got true"),
+        (10**400, "must be from 64KiB to 1GiB, got a very large integer"),
+    ],
+)
+def test_max_response_size_rejects(size: object, error: str) -> None:
+    doc = {"api": {"max_response_size": size}, "discover": True}
+    assert errors_of(doc) == [f"api.max_response_size: {error}"]
+
+
+def test_deadline_must_cover_the_timeout_and_grows_with_it_when_unset() -> None:
+    doc: dict[str, object] = {"api": {"timeout": "10s", "deadline": "10s"}, "discover": True}
+    assert config_from_dict(doc, ENV).api.deadline == 10.0
+    doc["api"] = {"timeout": "45s"}
+    assert config_from_dict(doc, ENV).api.deadline == 45.0
+    doc["api"] = {"deadline": "5s"}
+    assert errors_of(doc) == ["api.deadline: must be at least api.timeout (10s), got '5s'"]
+
+
+def test_max_pages_range() -> None:
+    for pages in (1, 100_000):
+        doc = {"api": {"max_pages": pages}, "discover": True}
+        assert config_from_dict(doc, ENV).api.max_pages == pages
+    assert errors_of({"api": {"max_pages": 100_001}, "discover": True}) == [
+        "api.max_pages: must be an integer from 1 to 100000, got 100001"
+    ]
+
+
+def test_bounds_may_come_from_variables() -> None:
+    doc = {
+        "api": {"max_response_size": "${SIZE}", "max_pages": "${PAGES}", "insecure": "${INS}"},
+        "discover": True,
+    }
+    api = config_from_dict(doc, dict(ENV, SIZE="131072", PAGES="7", INS="true")).api
+    assert (api.max_response_bytes, api.max_pages, api.insecure) == (131072, 7, True)
+
+
+def test_page_size_set_tells_an_explicit_default_from_none() -> None:
+    assert not config_from_dict({"discover": True}, ENV).page_size_set
+    assert not config_from_dict({"discover": True, "page_size": None}, ENV).page_size_set
+    explicit = config_from_dict({"discover": True, "page_size": 100}, ENV)
+    assert (explicit.page_size, explicit.page_size_set) == (100, True)
+
+
+def test_client_defaults_are_configs_defaults() -> None:
+    client = QoderClient("https://h", Secret(TOKEN))
+    api = ApiConfig()
+    assert client.timeout[1] == api.timeout
+    assert client.max_retries == api.max_retries
+    assert client.bucket.rate == api.requests_per_second
+    client.session.close()
+
+
 # Token
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "api:\n  token: *pt-LEAK-9f8e7d\ndiscover: true\n",
+        "api:\n  token: !pt-LEAK-9f8e7d\ndiscover: true\n",
+        "api:\n  token: !pt-LEAK-9f8e7d!x y\ndiscover: true\n",
+        "api:\n  token: !<pt-LEAK-9f8e7d> y\ndiscover: true\n",
+        "api:\n  token: &pt-LEAK-9f8e7d a\n  url: &pt-LEAK-9f8e7d b\ndiscover: true\n",
+        "api:\n  token: [*pt-LEAK-9f8e7d\n",
+        "api: {token: !!binary pt-LEAK-9f8e7d}\n",
+        "api:\n  token: pt-LEAK-9f8e7d\x07\n",
+    ],
+    ids=["alias", "tag", "tag handle", "verbatim tag", "anchor", "unclosed", "binary", "control"],
+)
+def test_yaml_syntax_around_a_token_is_never_echoed(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert "LEAK" not in str(caught.value)
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "exporter.py"), "--config", str(path), "--config.check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "QODER_PAT": ""},
+    )
+    assert check.returncode != 0
+    assert "LEAK" not in check.stdout + check.stderr
+    assert "invalid configuration" in check.stderr
 
 
 def test_explicit_token_beats_qoder_pat() -> None:
