@@ -54,6 +54,10 @@ ALLOWED_HEADERS: dict[str, tuple[str, ...] | None] = {
     "Content-Security-Policy": None,
 }
 
+DEFAULT_MIN_VERSION = "TLS12"
+DEFAULT_MAX_VERSION = "TLS13"
+DEFAULT_CLIENT_AUTH = "NoClientCert"
+
 _TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
 _TLS_KEYS = (
     "cert_file",
@@ -110,10 +114,10 @@ class TLSServerConfig:
 
     cert_file: str
     key_file: str
-    client_auth_type: str = "NoClientCert"
+    client_auth_type: str = DEFAULT_CLIENT_AUTH
     client_ca_file: str | None = None
-    min_version: str = "TLS12"
-    max_version: str = "TLS13"
+    min_version: str = DEFAULT_MIN_VERSION
+    max_version: str = DEFAULT_MAX_VERSION
 
     def files(self) -> tuple[str, ...]:
         """The files the TLS context is built from."""
@@ -205,7 +209,10 @@ class _WebReader(Reader):
         if "key_file" in section:
             key = self.file(f"{path}.key_file", section["key_file"])
         versions: dict[str, str | None] = {}
-        for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        for name, default in (
+            ("min_version", DEFAULT_MIN_VERSION),
+            ("max_version", DEFAULT_MAX_VERSION),
+        ):
             version = section.get(name, default)
             if version in _OLD_TLS:
                 self.error(f"{path}.{name}", f"{version} is not allowed: use TLS12 or TLS13")
@@ -218,7 +225,7 @@ class _WebReader(Reader):
         low, high = versions["min_version"], versions["max_version"]
         if low in TLS_VERSIONS and high in TLS_VERSIONS and TLS_VERSIONS[low] > TLS_VERSIONS[high]:
             self.error(f"{path}.max_version", "must not be lower than min_version")
-        auth = section.get("client_auth_type", "NoClientCert")
+        auth = section.get("client_auth_type", DEFAULT_CLIENT_AUTH)
         if auth in _UNVERIFIED_CLIENT_AUTH:
             self.error(
                 f"{path}.client_auth_type",
@@ -227,7 +234,7 @@ class _WebReader(Reader):
             )
         else:
             auth = self.choice(
-                f"{path}.client_auth_type", auth, "NoClientCert", tuple(CLIENT_AUTH_TYPES)
+                f"{path}.client_auth_type", auth, DEFAULT_CLIENT_AUTH, tuple(CLIENT_AUTH_TYPES)
             )
         ca = None
         if "client_ca_file" in section:
