@@ -40,8 +40,8 @@ _SIZE = re.compile(r"([0-9]{1,12})\s*([A-Za-z]*)")
 # Shorter "secrets" would redact ordinary words out of error messages.
 _MIN_REDACTED_LENGTH = 4
 # Quoted source text in a PyYAML message (an alias, tag or anchor name): it may be a token
-# written as `*pt-...` or `!pt-...`. One- or two-character quotes ('\t', '%') are kept.
-_QUOTED = re.compile(r"\s*(?:'[^']{3,}'|\"[^\"]{3,}\")")
+# written as `*pt-...` or `!pt-...`. Short quotes ('\t', ':') and token kinds ('<scalar>') stay.
+_QUOTED = re.compile(r"\s*(?<!\S)(?:'(?!<)[^']{3,}'|\"(?!<)[^\"]{3,}\")(?![^\s;,.)])")
 _SIGIL_PROBLEMS = (
     "found undefined alias",
     "could not determine a constructor",

@@ -588,6 +588,17 @@ def test_yaml_syntax_around_a_token_is_never_echoed(tmp_path: Path, text: str) -
     assert "invalid configuration" in check.stderr
 
 
+def test_yaml_syntax_errors_keep_their_punctuation_and_token_kinds(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("api: [1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert caught.value.errors == [
+        f"{path}:2:1: invalid YAML: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence at line 1, column 6)"
+    ]
+
+
 def test_explicit_token_beats_qoder_pat() -> None:
     config = config_from_dict({"api": {"token": "pt-other"}, "discover": True}, ENV)
     assert config.api.token.reveal() == "pt-other"
