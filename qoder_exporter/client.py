@@ -15,7 +15,12 @@ from typing import Any
 import requests
 
 from . import __version__
-from .config import Secret
+from .config import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_REQUESTS_PER_SECOND,
+    DEFAULT_TIMEOUT,
+    Secret,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +165,9 @@ class QoderClient:
         base_url: str,
         token: Secret,
         *,
-        timeout: float = 10.0,
-        max_retries: int = 2,
-        requests_per_second: float = 20.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND,
         observer: RequestObserver | None = None,
         session: requests.Session | None = None,
     ) -> None:

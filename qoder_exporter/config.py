@@ -1,19 +1,60 @@
-"""Configuration: a YAML file plus the environment, validated into frozen dataclasses."""
+"""Configuration: a YAML file plus the environment, validated into frozen dataclasses.
+
+Every default is written once, here, as a named constant; the dataclasses, the reader and the
+client's signature all take it from here.
+"""
 
 from __future__ import annotations
 
-import difflib
-import hmac
+import ipaddress
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import yaml
+from .yamlreader import (
+    IDENTIFIER,
+    Reader,
+    Secret,
+    YamlFileError,
+    format_duration,
+    load_yaml_file,
+    parse_duration,
+)
+
+__all__ = [
+    "ApiConfig",
+    "Config",
+    "ConfigError",
+    "DeploymentConfig",
+    "Secret",
+    "config_from_dict",
+    "format_duration",
+    "load_config",
+    "parse_duration",
+    "read_token_file",
+]
 
 DEFAULT_API_URL = "https://api.qoder.com/api/v1/cloud"
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_REQUESTS_PER_SECOND = 20.0
+# Hostile-upstream bounds: what one answer may cost in bytes, time, pages and clock trust.
+DEFAULT_MAX_RESPONSE_BYTES = 8 << 20
+MIN_MAX_RESPONSE_BYTES = 64 << 10
+MAX_MAX_RESPONSE_BYTES = 1 << 30
+DEFAULT_DEADLINE = 30.0
+DEFAULT_MAX_PAGES = 1000
+DEFAULT_MAX_CLOCK_SKEW = 300.0
+DEFAULT_POLL_INTERVAL = 60.0
+MIN_POLL_INTERVAL = 1.0
+DEFAULT_LOOKBACK = 86400.0
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+DEFAULT_CONCURRENCY = 8
+MAX_CONCURRENCY = 64
 # Seconds to hours: Cloud Agent runs range from a quick check to multi-hour jobs.
 DEFAULT_DURATION_BUCKETS: tuple[float, ...] = (
     1.0,
@@ -34,8 +75,6 @@ DEFAULT_DURATION_BUCKETS: tuple[float, ...] = (
 TOKEN_ENV = "QODER_PAT"
 URL_ENV = "QODER_API_URL"
 
-_MASK = "********"
-
 _TOP_KEYS = (
     "api",
     "deployments",
@@ -47,70 +86,28 @@ _TOP_KEYS = (
     "duration_buckets",
     "state_file",
 )
-_API_KEYS = ("url", "token", "token_file", "timeout", "max_retries", "requests_per_second")
+_API_KEYS = (
+    "url",
+    "token",
+    "token_file",
+    "timeout",
+    "max_retries",
+    "requests_per_second",
+    "max_response_size",
+    "deadline",
+    "max_pages",
+    "max_clock_skew",
+    "insecure",
+)
 _DEPLOYMENT_KEYS = ("id", "lookback")
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Ids go into URL paths, so only characters that need no escaping are accepted after the prefix.
 _DEPLOYMENT_ID = re.compile(r"dep_[A-Za-z0-9_-]+")
-# Bounded digit counts keep int() away from Python's 4300-digit conversion limit.
-_INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}")
-_FLOAT_TEXT = re.compile(r"[+-]?[0-9]{1,18}(\.[0-9]{1,18})?")
-
-_DURATION_UNITS: dict[str, float] = {
-    "y": 365 * 86400.0,
-    "w": 7 * 86400.0,
-    "d": 86400.0,
-    "h": 3600.0,
-    "m": 60.0,
-    "s": 1.0,
-    "ms": 0.001,
-}
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]+)")
-_BARE_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-
+# A whole config file larger than this is a wrong path, not a configuration.
+_MAX_CONFIG_BYTES = 16 << 20
 # A token file is a few dozen bytes; anything bigger is a wrong path, not a token.
 _MAX_TOKEN_FILE_BYTES = 64 * 1024
-# Shorter "secrets" would redact ordinary words out of error messages.
-_MIN_REDACTED_LENGTH = 4
-
-
-class Secret:
-    """A string that never shows itself in repr, str, format or logs."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """Return the real value, for the one place that must send it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret('{_MASK}')"
-
-    def __str__(self) -> str:
-        return _MASK
-
-    def __format__(self, format_spec: str) -> str:
-        return _MASK
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        # Constant time, so comparing tokens does not leak how much of them matched.
-        return hmac.compare_digest(
-            self._value.encode("utf-8", "surrogatepass"),
-            other._value.encode("utf-8", "surrogatepass"),
-        )
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
+_LOOPBACK_NAMES = ("localhost", "localhost.")
 
 # Shared default: a Secret is never mutated, so one instance serves every ApiConfig.
 NO_TOKEN = Secret("")
@@ -137,19 +134,24 @@ class DeploymentConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """How to reach and authenticate to the Qoder API."""
+    """How to reach and authenticate to the Qoder API, and how far to trust its answers."""
 
     url: str = DEFAULT_API_URL
     token: Secret = NO_TOKEN
     token_file: str | None = None
-    timeout: float = 10.0
-    max_retries: int = 2
-    requests_per_second: float = 20.0
-
-    @property
-    def connect_timeout(self) -> float:
-        """Seconds to wait for a TCP connection: short, since a healthy API connects fast."""
-        return min(self.timeout, 5.0)
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+    requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND
+    # Largest decompressed response body; a larger answer is an API error.
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # Total seconds for one request, reading the body included (timeout is per socket read).
+    deadline: float = DEFAULT_DEADLINE
+    # Pages read per listing before giving up on it.
+    max_pages: int = DEFAULT_MAX_PAGES
+    # Timestamps later than the API's clock plus this are invalid.
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
+    # Allow a plain http:// URL to a host other than loopback (the token then travels in clear).
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,165 +161,24 @@ class Config:
     api: ApiConfig
     deployments: tuple[DeploymentConfig, ...] = ()
     discover: bool = False
-    poll_interval: float = 60.0
-    lookback: float = 86400.0
-    page_size: int = 100
-    concurrency: int = 8
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    lookback: float = DEFAULT_LOOKBACK
+    page_size: int = DEFAULT_PAGE_SIZE
+    # Whether the file set page_size: an explicit 100 is not the default 100 to the feed.
+    page_size_set: bool = False
+    concurrency: int = DEFAULT_CONCURRENCY
     duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
     state_file: str | None = None
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Parse a Prometheus-style duration ("30s", "1h30m", "500ms") or bare seconds into seconds."""
-    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-        raise ValueError(f"a duration must be a string like '30s' or a number, got {_show(text)}")
-    if not isinstance(text, str):
-        try:
-            seconds = float(text)
-        except OverflowError:
-            raise ValueError(f"duration {_show(text)} is too large") from None
-        if math.isnan(seconds):
-            raise ValueError("a duration must be a number, got nan")
-        if seconds < 0:
-            raise ValueError(f"a duration must not be negative, got {_show(text)}")
-        if math.isinf(seconds):
-            raise ValueError(f"duration {_show(text)} is too large")
-        return seconds
-    value = text.strip()
-    if not value:
-        raise ValueError("empty duration: expected e.g. 30s, 5m, 24h or 1h30m")
-    if value.startswith("-"):
-        raise ValueError(f"a duration must not be negative, got {_show(text)}")
-    if _BARE_SECONDS.fullmatch(value):
-        return _finite_duration(float(value), text)
-    total = 0.0
-    position = 0
-    previous_unit = math.inf
-    while position < len(value):
-        match = _DURATION_PART.match(value, position)
-        if match is None:
-            raise ValueError(f"invalid duration {_show(text)}: expected e.g. 30s, 5m, 24h or 1h30m")
-        number, unit = match.groups()
-        if unit not in _DURATION_UNITS:
-            hint = f"unknown unit {unit!r}: use ms, s, m, h, d, w or y"
-            raise _DurationError(f"invalid duration {_show(text)}: {hint}", hint)
-        size = _DURATION_UNITS[unit]
-        if size >= previous_unit:
-            hint = "units go from largest to smallest, each at most once, like 1h30m"
-            raise _DurationError(f"invalid duration {_show(text)}: {hint}", hint)
-        previous_unit = size
-        total += float(number) * size
-        position = match.end()
-    return _finite_duration(total, text)
-
-
-class _DurationError(ValueError):
-    """A duration that looks right but breaks a specific rule worth naming in messages."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-
-def _finite_duration(seconds: float, text: str) -> float:
-    if math.isinf(seconds):
-        raise ValueError(f"duration {_show(text)} is too large")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """Write seconds the Prometheus way ("1h30m", "500ms"), for messages."""
-    millis = round(seconds * 1000)
-    if millis <= 0:
-        return "0s"
-    parts = []
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        count, millis = divmod(millis, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    if millis:
-        parts.append(f"{millis}ms")
-    return "".join(parts)
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate the YAML configuration file at path."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError([f"{path}: cannot read the configuration file: {reason}"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
-    try:
-        # Safe: _StrictLoader is a SafeLoader that only adds the duplicate-key check.
-        data = yaml.load(text, Loader=_StrictLoader)
-    except yaml.MarkedYAMLError as exc:
-        raise ConfigError([_yaml_error(path, exc)]) from None
-    except yaml.YAMLError as exc:
-        # One line per error: a reader error's text spans lines.
-        detail = " ".join(str(exc).split())
-        raise ConfigError([f"{path}: invalid YAML: {detail}"]) from None
-    except RecursionError:
-        raise ConfigError([f"{path}: invalid YAML: nested too deeply"]) from None
-    except ValueError as exc:
-        # PyYAML lets a few constructor failures escape raw (huge ints, impossible dates);
-        # the advice after ';' in them is for Python programmers, not for config authors.
-        reason = str(exc).split(";")[0]
-        raise ConfigError([f"{path}: invalid YAML value: {reason}"]) from None
+        data = load_yaml_file(path, _MAX_CONFIG_BYTES)
+    except YamlFileError as exc:
+        raise ConfigError([str(exc)]) from None
     base_dir = os.path.dirname(os.path.abspath(path))
     return config_from_dict(data, env, base_dir=base_dir, source=path)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.safe_load's loader, but a key given twice in one mapping is an error."""
-
-
-def _construct_strict_mapping(
-    loader: _StrictLoader, node: yaml.MappingNode
-) -> Iterator[dict[object, object]]:
-    # PyYAML silently keeps the last of two equal keys; in a config that hides a mistake.
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue  # "<<" merges may legitimately repeat keys; the explicit key wins.
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            duplicate = key in seen
-            seen.add(key)
-        except TypeError:
-            continue  # unhashable: construct_mapping reports it
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found duplicate key {_show(key)}",
-                key_node.start_mark,
-            )
-    data: dict[object, object] = {}
-    yield data
-    data.update(loader.construct_mapping(node))
-
-
-_StrictLoader.add_constructor("tag:yaml.org,2002:map", _construct_strict_mapping)
-
-
-def _yaml_error(path: str, exc: yaml.MarkedYAMLError) -> str:
-    # Built from the parts rather than str(exc), whose source snippet could show a token.
-    mark = exc.problem_mark or exc.context_mark
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
-    message = f"{where}: invalid YAML: {exc.problem or 'syntax error'}"
-    if exc.context:
-        context_mark = exc.context_mark
-        if context_mark is not None and context_mark is not mark:
-            line, column = context_mark.line + 1, context_mark.column + 1
-            message += f" ({exc.context} at line {line}, column {column})"
-        else:
-            message += f" ({exc.context})"
-    return message
 
 
 def _read_token(path: str) -> tuple[str, str | None]:
@@ -357,50 +218,11 @@ def config_from_dict(
     source: str | None = None,
 ) -> Config:
     """Validate an already-parsed configuration document; source names it in top-level errors."""
-    reader = _Reader(os.environ if env is None else env, base_dir)
+    reader = _ConfigReader(os.environ if env is None else env, base_dir)
     config = reader.read(data, source)
     if reader.errors:
         raise ConfigError(reader.render_errors())
     return config
-
-
-def _show(value: object) -> str:
-    """Describe a value for an error message: YAML spelling for scalars, a kind otherwise."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int) and value.bit_length() > 128:
-        return "a very large integer"
-    if isinstance(value, (str, int, float)):
-        text = repr(value)
-        return text if len(text) <= 80 else text[:76] + "...'"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, (list, tuple)):
-        return "an empty list" if not value else "a list"
-    return f"a {type(value).__name__}"
-
-
-def _kind(value: object) -> str:
-    """Describe a value by kind only, for fields whose content is secret."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
-def _child(path: str, key: object) -> str:
-    if isinstance(key, str) and _IDENTIFIER.fullmatch(key):
-        return f"{path}.{key}" if path else key
-    return f"{path}[{_show(key)}]"
 
 
 def _token_is_clean(token: str) -> bool:
@@ -408,36 +230,27 @@ def _token_is_clean(token: str) -> bool:
     return all(33 <= ord(char) <= 126 for char in token)
 
 
-class _Reader:
-    """Walks one document, collecting every error with its key path."""
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _ConfigReader(Reader):
+    """The exporter's configuration: the shared Reader plus ${VAR} expansion and the sections."""
 
     def __init__(self, env: Mapping[str, str], base_dir: str | None) -> None:
+        super().__init__()
         self.env = env
         self.base_dir = base_dir
-        self.errors: list[tuple[str, str]] = []
-        self.secrets: list[str] = []
         pat = env.get(TOKEN_ENV)
         if pat:
             self.secrets.append(pat.strip())
 
-    def error(self, path: str, message: str) -> None:
-        self.errors.append((path, message))
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if len(secret) >= _MIN_REDACTED_LENGTH:
-                text = text.replace(secret, _MASK)
-        return text
-
-    def show(self, value: object) -> str:
-        """Like _show, but a token pasted into the wrong field is masked before truncation."""
-        return _show(self.redact(value) if isinstance(value, str) else value)
-
-    def render_errors(self) -> list[str]:
-        # Again at the end: the token may be learned after a message that quotes it was written.
-        return [f"{path}: {self.redact(message)}" for path, message in self.errors]
-
-    # Scalars
+    # Scalars: strings may hold ${VAR} references.
 
     def expand(self, path: str, text: str, *, secret: bool = False) -> tuple[str, bool] | None:
         """Expand ${VAR}, ${VAR:-default} and $$; return the text and whether a VAR was used."""
@@ -473,7 +286,7 @@ class _Reader:
             position = end + 1
             referenced = True
             name, has_default, default = inner.partition(":-")
-            if not _IDENTIFIER.fullmatch(name):
+            if not IDENTIFIER.fullmatch(name):
                 shown = "" if secret else f" {'${' + inner + '}'!r}"
                 self.error(
                     path,
@@ -503,100 +316,11 @@ class _Reader:
         return value, False
 
     def string(self, path: str, value: object, *, secret: bool = False) -> str | None:
-        if not isinstance(value, str):
-            shown = _kind(value) if secret else self.show(value)
-            self.error(path, f"must be a string, got {shown}")
+        text = super().string(path, value, secret=secret)
+        if text is None:
             return None
-        expanded = self.expand(path, value, secret=secret)
+        expanded = self.expand(path, text, secret=secret)
         return None if expanded is None else expanded[0]
-
-    def integer(self, path: str, value: object, default: int, low: int, high: int) -> int:
-        if value is None:
-            return default
-        scalar = self.scalar(path, value)
-        if scalar is None:
-            return default
-        number, referenced = scalar
-        # Numbers may come from ${VAR}, whose expansion is necessarily text.
-        if referenced and isinstance(number, str) and _INT_TEXT.fullmatch(number.strip()):
-            number = int(number)
-        if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
-            self.error(path, f"must be an integer from {low} to {high}, got {self.show(number)}")
-            return default
-        return number
-
-    def real(self, path: str, value: object, expected: str) -> float | None:
-        """Read a finite-or-infinite number (not a bool); None after reporting an error."""
-        scalar = self.scalar(path, value)
-        if scalar is None:
-            return None
-        number, referenced = scalar
-        if referenced and isinstance(number, str) and _FLOAT_TEXT.fullmatch(number.strip()):
-            number = float(number)
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            self.error(path, f"must be {expected}, got {self.show(number)}")
-            return None
-        try:
-            result = float(number)
-        except OverflowError:
-            result = math.inf
-        if math.isnan(result):
-            self.error(path, f"must be {expected}, got {self.show(number)}")
-            return None
-        return result
-
-    def boolean(self, path: str, value: object, default: bool) -> bool:
-        if value is None:
-            return default
-        scalar = self.scalar(path, value)
-        if scalar is None:
-            return default
-        flag, referenced = scalar
-        if referenced and isinstance(flag, str) and flag.strip().lower() in ("true", "false"):
-            return flag.strip().lower() == "true"
-        if not isinstance(flag, bool):
-            self.error(path, f"must be true or false, got {self.show(flag)}")
-            return default
-        return flag
-
-    def duration(self, path: str, value: object, default: float, minimum: float = 0.0) -> float:
-        if value is None:
-            return default
-        scalar = self.scalar(path, value)
-        if scalar is None:
-            return default
-        raw = scalar[0]
-        hint = ""
-        try:
-            if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-                raise ValueError("not a duration")
-            seconds = parse_duration(raw)
-        except _DurationError as exc:
-            seconds, hint = 0.0, f" ({exc.hint})"
-        except ValueError:
-            seconds = 0.0
-        if seconds <= 0:
-            self.error(path, f"must be a positive duration like 10s, got {self.show(raw)}{hint}")
-            return default
-        if seconds < minimum:
-            self.error(path, f"must be at least {format_duration(minimum)}, got {self.show(raw)}")
-            return default
-        return seconds
-
-    def mapping(self, path: str, value: object, keys: Sequence[str]) -> dict[str, object] | None:
-        """Check value is a mapping of known keys; return the known keys' values."""
-        if not isinstance(value, dict):
-            self.error(path, f"must be a mapping, got {self.show(value)}")
-            return None
-        known: dict[str, object] = {}
-        for key, item in value.items():
-            if isinstance(key, str) and key in keys:
-                known[key] = item
-                continue
-            close = difflib.get_close_matches(key, keys, n=1) if isinstance(key, str) else []
-            hint = f"did you mean {close[0]!r}?" if close else "expected one of: " + ", ".join(keys)
-            self.error(_child(path, key), f"unknown key ({hint})")
-        return known
 
     # Sections
 
@@ -609,16 +333,21 @@ class _Reader:
         api = self.api(top.get("api"))
         deployments, deployment_lookbacks = self.deployments(top.get("deployments"))
         discover = self.boolean("discover", top.get("discover"), False)
-        poll_interval = self.duration("poll_interval", top.get("poll_interval"), 60.0, 1.0)
-        lookback = self.duration("lookback", top.get("lookback"), 86400.0)
-        page_size = self.integer("page_size", top.get("page_size"), 100, 1, 1000)
-        concurrency = self.integer("concurrency", top.get("concurrency"), 8, 1, 64)
+        poll_interval = self.duration(
+            "poll_interval", top.get("poll_interval"), DEFAULT_POLL_INTERVAL, MIN_POLL_INTERVAL
+        )
+        lookback = self.duration("lookback", top.get("lookback"), DEFAULT_LOOKBACK)
+        page_size = self.integer(
+            "page_size", top.get("page_size"), DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE
+        )
+        concurrency = self.integer(
+            "concurrency", top.get("concurrency"), DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY
+        )
         buckets = self.buckets(top.get("duration_buckets"))
         state_file = self.path("state_file", top.get("state_file"))
 
         # Cross-field rules, checked only when both sides were valid on their own.
-        fields_ok = not any(p in ("poll_interval", "lookback") for p, _ in self.errors)
-        if fields_ok and lookback < poll_interval:
+        if not self.failed("poll_interval", "lookback") and lookback < poll_interval:
             raw_lookback = top.get("lookback")
             shown = self.show(raw_lookback)
             if raw_lookback is None:
@@ -627,7 +356,7 @@ class _Reader:
                 "lookback",
                 f"must be at least poll_interval ({format_duration(poll_interval)}), got {shown}",
             )
-        if not any(p == "poll_interval" for p, _ in self.errors):
+        if not self.failed("poll_interval"):
             for path, (seconds, raw) in deployment_lookbacks.items():
                 if seconds < poll_interval:
                     self.error(
@@ -636,8 +365,7 @@ class _Reader:
                         f"got {self.show(raw)}",
                     )
         listed = top.get("deployments")
-        discover_ok = not any(p == "discover" for p, _ in self.errors)
-        if discover_ok and (listed is None or isinstance(listed, list)):
+        if not self.failed("discover") and (listed is None or isinstance(listed, list)):
             if listed and discover:
                 self.error("discover", "set either deployments or discover: true, not both")
             elif not listed and not discover:
@@ -650,6 +378,7 @@ class _Reader:
             poll_interval=poll_interval,
             lookback=lookback,
             page_size=page_size,
+            page_size_set=top.get("page_size") is not None,
             concurrency=concurrency,
             duration_buckets=buckets,
             state_file=state_file,
@@ -661,28 +390,56 @@ class _Reader:
         section = section or {}
         # The token first, so that every later message can mask it.
         token, token_file = self.token(section.get("token"), section.get("token_file"), api_ok)
-        url = self.url(section.get("url"))
+        insecure = self.boolean("api.insecure", section.get("insecure"), False)
+        url = self.url(section.get("url"), insecure)
+        timeout = self.duration("api.timeout", section.get("timeout"), DEFAULT_TIMEOUT)
+        # Unset, the deadline grows with a long timeout rather than refusing the file.
+        raw_deadline = section.get("deadline")
+        deadline = self.duration("api.deadline", raw_deadline, max(DEFAULT_DEADLINE, timeout))
+        if not self.failed("api.timeout", "api.deadline") and deadline < timeout:
+            self.error(
+                "api.deadline",
+                f"must be at least api.timeout ({format_duration(timeout)}), "
+                f"got {self.show(raw_deadline)}",
+            )
         return ApiConfig(
             url=url,
             token=token,
             token_file=token_file,
-            timeout=self.duration("api.timeout", section.get("timeout"), 10.0),
-            max_retries=self.integer("api.max_retries", section.get("max_retries"), 2, 0, 10),
+            timeout=timeout,
+            max_retries=self.integer(
+                "api.max_retries", section.get("max_retries"), DEFAULT_MAX_RETRIES, 0, 10
+            ),
             requests_per_second=self.rate(section.get("requests_per_second")),
+            max_response_bytes=self.size(
+                "api.max_response_size",
+                section.get("max_response_size"),
+                DEFAULT_MAX_RESPONSE_BYTES,
+                MIN_MAX_RESPONSE_BYTES,
+                MAX_MAX_RESPONSE_BYTES,
+            ),
+            deadline=deadline,
+            max_pages=self.integer(
+                "api.max_pages", section.get("max_pages"), DEFAULT_MAX_PAGES, 1, 100_000
+            ),
+            max_clock_skew=self.duration(
+                "api.max_clock_skew", section.get("max_clock_skew"), DEFAULT_MAX_CLOCK_SKEW
+            ),
+            insecure=insecure,
         )
 
-    def url(self, value: object) -> str:
+    def url(self, value: object, insecure: bool) -> str:
         url = DEFAULT_API_URL
         if value is not None:
             text = self.string("api.url", value)
             if text is not None:
-                url = self.check_url(text, "") or url
+                url = self.check_url(text, "", insecure) or url
         override = self.env.get(URL_ENV, "").strip()
         if override:
-            url = self.check_url(override, f"from {URL_ENV}: ") or url
+            url = self.check_url(override, f"from {URL_ENV}: ", insecure) or url
         return url
 
-    def check_url(self, text: str, origin: str) -> str | None:
+    def check_url(self, text: str, origin: str, insecure: bool) -> str | None:
         try:
             parts = urlsplit(text)
             port_ok = parts.port is None or parts.port > 0
@@ -708,6 +465,14 @@ class _Reader:
         if parts.query or parts.fragment:
             self.error(
                 "api.url", f"{origin}must not contain a query or fragment, got {self.show(text)}"
+            )
+            return None
+        if parts.scheme == "http" and not insecure and not _is_loopback(parts.hostname):
+            # A typo'd scheme would send the token in clear to whoever is on the path.
+            self.error(
+                "api.url",
+                f"{origin}plain http:// sends the token unencrypted: use https://, "
+                f"or set api.insecure: true, got {self.show(text)}",
             )
             return None
         return text.rstrip("/")
@@ -770,14 +535,14 @@ class _Reader:
 
     def rate(self, value: object) -> float:
         if value is None:
-            return 20.0
+            return DEFAULT_REQUESTS_PER_SECOND
         expected = "a number greater than 0 and at most 1000"
         rate = self.real("api.requests_per_second", value, expected)
         if rate is None:
-            return 20.0
+            return DEFAULT_REQUESTS_PER_SECOND
         if not 0 < rate <= 1000:
             self.error("api.requests_per_second", f"must be {expected}, got {self.show(value)}")
-            return 20.0
+            return DEFAULT_REQUESTS_PER_SECOND
         return rate
 
     def deployments(

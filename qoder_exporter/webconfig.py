@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import difflib
 import hashlib
 import hmac
 import logging
@@ -31,15 +30,12 @@ import os
 import re
 import ssl
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-import yaml
-
-from .config import _kind as _config_kind
-from .config import _show, _StrictLoader, _yaml_error
+from .yamlreader import Reader, YamlFileError, child_path, kind_of, load_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +53,10 @@ ALLOWED_HEADERS: dict[str, tuple[str, ...] | None] = {
     "X-XSS-Protection": None,
     "Content-Security-Policy": None,
 }
+
+DEFAULT_MIN_VERSION = "TLS12"
+DEFAULT_MAX_VERSION = "TLS13"
+DEFAULT_CLIENT_AUTH = "NoClientCert"
 
 _TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
 _TLS_KEYS = (
@@ -93,6 +93,7 @@ MAX_PASSWORD_BYTES = 72
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@-]+")
 _MAX_FILE_BYTES = 1024 * 1024
 _AUTH_CACHE_SIZE = 64
+_DEFAULT_COST = 10
 
 
 class WebConfigError(Exception):
@@ -113,10 +114,10 @@ class TLSServerConfig:
 
     cert_file: str
     key_file: str
-    client_auth_type: str = "NoClientCert"
+    client_auth_type: str = DEFAULT_CLIENT_AUTH
     client_ca_file: str | None = None
-    min_version: str = "TLS12"
-    max_version: str = "TLS13"
+    min_version: str = DEFAULT_MIN_VERSION
+    max_version: str = DEFAULT_MAX_VERSION
 
     def files(self) -> tuple[str, ...]:
         """The files the TLS context is built from."""
@@ -136,73 +137,43 @@ class WebConfig:
 def load_web_config(path: str) -> WebConfig:
     """Read and validate the web config file at path (the certificates are not opened)."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(_MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise WebConfigError(path, [f"cannot read the file: {exc.strerror or exc}"]) from None
-    if len(raw) > _MAX_FILE_BYTES:
-        raise WebConfigError(path, [f"larger than {_MAX_FILE_BYTES} bytes"])
-    try:
-        text = raw.decode("utf-8")
-        # Safe: _StrictLoader is a SafeLoader that only adds the duplicate-key check.
-        data = yaml.load(text, Loader=_StrictLoader)
-    except UnicodeDecodeError as exc:
-        raise WebConfigError(path, [f"not UTF-8 text (bad byte at offset {exc.start})"]) from None
-    except yaml.MarkedYAMLError as exc:
-        raise WebConfigError(path, [_yaml_error(path, exc)]) from None
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        raise WebConfigError(path, [f"invalid YAML: {exc}"]) from None
+        data = load_yaml_file(path, _MAX_FILE_BYTES)
+    except YamlFileError as exc:
+        raise WebConfigError(path, [str(exc)]) from None
     return web_config_from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)), source=path)
 
 
 def web_config_from_dict(data: object, *, base_dir: str, source: str) -> WebConfig:
     """Validate a parsed web config document; relative file paths are taken from base_dir."""
-    reader = _Reader(base_dir)
+    reader = _WebReader(base_dir)
     config = reader.read(data)
     if reader.errors:
-        raise WebConfigError(source, reader.errors)
+        raise WebConfigError(source, reader.render_errors())
     return config
 
 
-class _Reader:
+class _WebReader(Reader):
+    """The web config's sections over the shared Reader (no ${VAR} expansion: hashes hold $)."""
+
     def __init__(self, base_dir: str) -> None:
+        super().__init__()
         self.base_dir = base_dir
-        self.errors: list[str] = []
 
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
-
-    def mapping(self, path: str, value: object, keys: Sequence[str]) -> dict[str, Any]:
+    def section(self, path: str, value: object, keys: Sequence[str]) -> dict[str, Any]:
+        """An optional mapping section; keys exporter-toolkit knows are refused with a reason."""
         if value is None:
             return {}
-        if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {_kind(value)}")
-            return {}
-        known: dict[str, Any] = {}
-        for key, item in value.items():
-            child = f"{path}.{key}" if path else str(key)
-            if key in keys:
-                known[key] = item
-            elif child in _UNSUPPORTED:
-                self.error(child, _UNSUPPORTED[child])
-            else:
-                close = difflib.get_close_matches(str(key), keys, n=1)
-                hint = (
-                    f"did you mean {close[0]!r}?"
-                    if close
-                    else "expected one of: " + ", ".join(keys)
-                )
-                self.error(child, f"unknown key ({hint})")
-        return known
+        return self.mapping(path, value, keys, _UNSUPPORTED) or {}
 
-    def string(self, path: str, value: object) -> str | None:
+    def text(self, path: str, value: object) -> str | None:
+        """A non-empty string whose content is never shown (it may be a hash or a password)."""
         if not isinstance(value, str) or not value.strip():
-            self.error(path, f"expected a non-empty string, got {_kind(value)}")
+            self.error(path, f"must be a non-empty string, got {kind_of(value)}")
             return None
         return value
 
     def file(self, path: str, value: object) -> str | None:
-        name = self.string(path, value)
+        name = self.text(path, value)
         if name is None:
             return None
         full = os.path.join(self.base_dir, os.path.expanduser(name))
@@ -212,22 +183,21 @@ class _Reader:
         return full
 
     def read(self, data: object) -> WebConfig:
-        if data is None:
-            data = {}
-        top = self.mapping("", data, _TOP_KEYS)
+        top = self.section("", data, _TOP_KEYS)
         tls = self.tls(top["tls_server_config"]) if "tls_server_config" in top else None
         headers = self.headers(
-            self.mapping("http_server_config", top.get("http_server_config"), _HTTP_KEYS)
+            self.section("http_server_config", top.get("http_server_config"), _HTTP_KEYS)
         )
         users = self.users(top.get("basic_auth_users"))
         return WebConfig(tls=tls, basic_auth_users=users, headers=headers)
 
     def tls(self, value: object) -> TLSServerConfig | None:
         path = "tls_server_config"
-        section = self.mapping(path, value, _TLS_KEYS)
+        if value is None:
+            self.error(path, "empty: give cert_file and key_file, or remove the section")
+            return None
+        section = self.section(path, value, _TLS_KEYS)
         if not isinstance(value, dict):
-            if value is None:
-                self.error(path, "empty: give cert_file and key_file, or remove the section")
             return None
         errors_before = len(self.errors)
         cert = key = None
@@ -239,31 +209,32 @@ class _Reader:
         if "key_file" in section:
             key = self.file(f"{path}.key_file", section["key_file"])
         versions: dict[str, str | None] = {}
-        for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        for name, default in (
+            ("min_version", DEFAULT_MIN_VERSION),
+            ("max_version", DEFAULT_MAX_VERSION),
+        ):
             version = section.get(name, default)
-            if not isinstance(version, str):
-                self.error(f"{path}.{name}", f"expected TLS12 or TLS13, got {_kind(version)}")
-            elif version in _OLD_TLS:
+            if version in _OLD_TLS:
                 self.error(f"{path}.{name}", f"{version} is not allowed: use TLS12 or TLS13")
-            elif version not in TLS_VERSIONS:
-                self.error(f"{path}.{name}", f"expected TLS12 or TLS13, got {_show(version)}")
-            versions[name] = version if isinstance(version, str) else None
+                versions[name] = None
+                continue
+            before = len(self.errors)
+            versions[name] = self.choice(f"{path}.{name}", version, default, tuple(TLS_VERSIONS))
+            if len(self.errors) > before:
+                versions[name] = None
         low, high = versions["min_version"], versions["max_version"]
         if low in TLS_VERSIONS and high in TLS_VERSIONS and TLS_VERSIONS[low] > TLS_VERSIONS[high]:
-            self.error(f"{path}.max_version", "lower than min_version")
-        auth = section.get("client_auth_type", "NoClientCert")
-        if not isinstance(auth, str):
-            self.error(f"{path}.client_auth_type", f"expected a string, got {_kind(auth)}")
-        elif auth in _UNVERIFIED_CLIENT_AUTH:
+            self.error(f"{path}.max_version", "must not be lower than min_version")
+        auth = section.get("client_auth_type", DEFAULT_CLIENT_AUTH)
+        if auth in _UNVERIFIED_CLIENT_AUTH:
             self.error(
                 f"{path}.client_auth_type",
                 f"{auth} accepts certificates without verifying them and is not supported: "
                 "use RequireAndVerifyClientCert or VerifyClientCertIfGiven",
             )
-        elif auth not in CLIENT_AUTH_TYPES:
-            self.error(
-                f"{path}.client_auth_type",
-                f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {_show(auth)}",
+        else:
+            auth = self.choice(
+                f"{path}.client_auth_type", auth, DEFAULT_CLIENT_AUTH, tuple(CLIENT_AUTH_TYPES)
             )
         ca = None
         if "client_ca_file" in section:
@@ -289,34 +260,31 @@ class _Reader:
         )
 
     def headers(self, section: dict[str, Any]) -> dict[str, str]:
-        if "http2" in section and not isinstance(section["http2"], bool):
-            self.error(
-                "http_server_config.http2", f"expected true or false, got {_kind(section['http2'])}"
-            )
+        self.boolean("http_server_config.http2", section.get("http2"), False)
         value = section.get("headers")
         path = "http_server_config.headers"
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(path, f"expected a mapping, got {_kind(value)}")
+            self.error(path, f"must be a mapping, got {kind_of(value)}")
             return {}
         headers: dict[str, str] = {}
         for name, text in value.items():
-            child = f"{path}.{name}"
+            child = _name_path(path, name)
             if name not in ALLOWED_HEADERS:
                 self.error(
                     child, "this header cannot be set: allowed are " + ", ".join(ALLOWED_HEADERS)
                 )
                 continue
-            if not isinstance(text, str) or not text.strip():
-                self.error(child, f"expected a non-empty string, got {_kind(text)}")
+            if self.text(child, text) is None:
                 continue
+            assert isinstance(text, str)
             if not text.isascii() or any(ord(c) < 32 or ord(c) == 127 for c in text):
-                self.error(child, "only printable ASCII is allowed in a header value")
+                self.error(child, "must be printable ASCII (it is sent as a header value)")
                 continue
             allowed = ALLOWED_HEADERS[name]
             if allowed is not None and text.lower() not in allowed:
-                self.error(child, f"expected one of {', '.join(allowed)}, got {_show(text)}")
+                self.error(child, f"must be one of {', '.join(allowed)}, got {self.show(text)}")
                 continue
             headers[name] = text
         return headers
@@ -326,21 +294,21 @@ class _Reader:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(path, f"expected a mapping of user: bcrypt hash, got {_kind(value)}")
+            self.error(path, f"must be a mapping of user: bcrypt hash, got {kind_of(value)}")
             return {}
         users: dict[str, str] = {}
         for user, hashed in value.items():
             if not isinstance(user, str) or not user:
-                self.error(f"{path}[{_show(user)}]", "a user name must be a non-empty string")
+                self.error(child_path(path, user), "a user name must be a non-empty string")
                 continue
-            child = f"{path}.{user}" if _PLAIN_NAME.fullmatch(user) else f"{path}[{user!r}]"
+            child = _name_path(path, user)
             if ":" in user:
                 self.error(child, "a basic auth user name cannot contain ':'")
             elif not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
                 # The value is not shown: it may be a password pasted in place of its hash.
                 self.error(
                     child,
-                    "expected a bcrypt hash ($2b$ or $2y$, cost 4 to 31), "
+                    "must be a bcrypt hash ($2b$ or $2y$, cost 4 to 31), "
                     "like htpasswd -nBC 10 USER prints",
                 )
             else:
@@ -354,11 +322,11 @@ class _Reader:
         return users
 
 
-def _kind(value: object) -> str:
-    """Describe a value by kind only (hashes and passwords are never shown)."""
-    if isinstance(value, str):
-        return "an empty string" if not value.strip() else "a string"
-    return _config_kind(value)
+def _name_path(path: str, name: object) -> str:
+    """Header and user names read plainly (a.X-Frame-Options), odd ones quoted."""
+    if isinstance(name, str) and _PLAIN_NAME.fullmatch(name):
+        return f"{path}.{name}"
+    return child_path(path, name)
 
 
 def _import_bcrypt() -> ModuleType | None:
@@ -419,8 +387,10 @@ def _ssl_reason(exc: Exception) -> str:
 class BasicAuth:
     """Checks `Authorization: Basic` headers against bcrypt hashes.
 
-    An unknown user costs one bcrypt check against a dummy hash of the usual cost, like a
-    known one, so that timing does not tell which users exist. Passwords over 72 bytes are
+    An unknown user costs one bcrypt check against a dummy hash of the highest cost among the
+    users, and a wrong password for a user whose hash is cheaper costs that same check on
+    top, so that timing does not tell which users exist (users whose costs differ are warned
+    about at load: the cheap check itself still shows, a little). Passwords over 72 bytes are
     refused outright: bcrypt would truncate them (before 4.1) or raise ValueError (since).
     Successes are cached, so that a Prometheus scraping every few seconds costs one bcrypt
     check per config, not one per scrape: the key is an HMAC, under a per-process random key,
@@ -435,7 +405,16 @@ class BasicAuth:
             raise RuntimeError("bcrypt is not installed: pip install qoder-exporter[web]")
         self._bcrypt: Any = bcrypt
         self._users = {user: hashed.encode("ascii") for user, hashed in users.items()}
-        self._dummy = _dummy_hash(users.values())
+        costs = {user: _cost(hashed) for user, hashed in users.items()}
+        top = max(costs.values(), default=_DEFAULT_COST)
+        self._dummy = _dummy_hash(top)
+        self._cheaper = frozenset(user for user, cost in costs.items() if cost < top)
+        if self._cheaper:
+            log.warning(
+                "basic_auth_users: bcrypt costs differ (%s): a user with a cheaper hash can be "
+                "told apart by response time; hash every password with the same cost",
+                ", ".join(str(cost) for cost in sorted(set(costs.values()))),
+            )
         self._cache_key = os.urandom(32)
         self._cache: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._cache_lock = threading.Lock()
@@ -460,6 +439,8 @@ class BasicAuth:
                 self._cache.move_to_end(key)
                 return user
         if not self._checkpw(password, hashed):
+            if user in self._cheaper:
+                self._checkpw(password, self._dummy)  # as long as the costliest user's check
             return None
         with self._cache_lock:
             self._cache[key] = None
@@ -501,10 +482,13 @@ def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:
         return None
 
 
-def _dummy_hash(hashes: Iterable[str]) -> bytes:
-    """A well-formed hash no password matches, at the cost most users' hashes have."""
-    costs = collections.Counter(int(h[4:6]) for h in hashes)
-    cost = max(costs, key=lambda c: (costs[c], c)) if costs else 10
+def _cost(hashed: str) -> int:
+    """The cost of a hash that matched _BCRYPT_HASH ($2b$10$...)."""
+    return int(hashed[4:6])
+
+
+def _dummy_hash(cost: int) -> bytes:
+    """A well-formed hash of the given cost that no password matches."""
     return f"$2b${cost:02d}${'.' * 53}".encode("ascii")
 
 
@@ -601,6 +585,11 @@ class WebConfigWatcher:
             if (config.tls is None) != (self._current.context is None):
                 raise WebConfigError(
                     self.path, ["tls_server_config: turning TLS on or off needs a restart"]
+                )
+            # An emptied or half-written file must not open the endpoints: refused like TLS.
+            if self._current.auth is not None and not config.basic_auth_users:
+                raise WebConfigError(
+                    self.path, ["basic_auth_users: turning basic auth off needs a restart"]
                 )
             active = activate(config, self.path)
         except WebConfigError as exc:

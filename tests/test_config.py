@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qoder_exporter.client import QoderClient
 from qoder_exporter.config import (
     _API_KEYS,
     _TOP_KEYS,
@@ -96,6 +100,11 @@ def test_full_fixture_sets_every_key() -> None:
             timeout=30.0,
             max_retries=0,
             requests_per_second=2.5,
+            max_response_bytes=512 * 1024,
+            deadline=120.0,
+            max_pages=50,
+            max_clock_skew=30.0,
+            insecure=True,
         ),
         deployments=(
             DeploymentConfig(DEP_A),
@@ -105,6 +114,7 @@ def test_full_fixture_sets_every_key() -> None:
         poll_interval=90.0,
         lookback=48 * 3600.0,
         page_size=1000,
+        page_size_set=True,
         concurrency=64,
         duration_buckets=(0.5, 1.0, 2.5, 3600.0),
     )
@@ -153,10 +163,7 @@ def test_example_config_loads_when_qoder_pat_is_set() -> None:
 
 def test_example_config_mentions_every_key_and_the_china_region() -> None:
     text = (ROOT / "config.example.yaml").read_text()
-    keys = [f.name for f in dataclasses.fields(Config)] + [
-        f.name for f in dataclasses.fields(ApiConfig)
-    ]
-    for key in keys:
+    for key in (*_TOP_KEYS, *_API_KEYS):
         assert re.search(rf"^\s*(# )?(- )?{key}:", text, re.MULTILINE), key
     assert "https://api.qoder.com.cn/api/v1/cloud" in text
     assert "${QODER_PAT}" in text
@@ -166,9 +173,7 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as caught:
         load_config(str(path), ENV)
-    assert caught.value.errors == [
-        f"{path}: cannot read the configuration file: No such file or directory"
-    ]
+    assert caught.value.errors == [f"{path}: cannot read the file: No such file or directory"]
 
 
 def test_non_utf8_file_names_the_file(tmp_path: Path) -> None:
@@ -306,11 +311,6 @@ def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
 
-def test_connect_timeout_is_capped_at_five_seconds() -> None:
-    assert ApiConfig(timeout=30.0).connect_timeout == 5.0
-    assert ApiConfig(timeout=2.0).connect_timeout == 2.0
-
-
 # ${VAR} expansion
 
 
@@ -323,7 +323,7 @@ def test_expansion_default_used_when_unset_or_empty() -> None:
     doc = {"api": {"url": "${URL:-http://localhost:1}"}, "discover": True}
     assert config_from_dict(doc, ENV).api.url == "http://localhost:1"
     assert config_from_dict(doc, dict(ENV, URL="")).api.url == "http://localhost:1"
-    assert config_from_dict(doc, dict(ENV, URL="http://h:2")).api.url == "http://h:2"
+    assert config_from_dict(doc, dict(ENV, URL="https://h:2")).api.url == "https://h:2"
 
 
 def test_expansion_of_an_empty_variable_without_default_is_empty() -> None:
@@ -332,14 +332,14 @@ def test_expansion_of_an_empty_variable_without_default_is_empty() -> None:
 
 
 def test_double_dollar_is_a_literal_dollar() -> None:
-    doc = {"api": {"url": "http://h/$${NOT_A_VAR}/$$"}, "discover": True}
-    assert config_from_dict(doc, ENV).api.url == "http://h/${NOT_A_VAR}/$"
+    doc = {"api": {"url": "https://h/$${NOT_A_VAR}/$$"}, "discover": True}
+    assert config_from_dict(doc, ENV).api.url == "https://h/${NOT_A_VAR}/$"
 
 
 def test_expanded_text_is_not_expanded_again() -> None:
     doc = {"api": {"url": "${URL}"}, "discover": True}
-    env = dict(ENV, URL="http://h/${OTHER}")
-    assert config_from_dict(doc, env).api.url == "http://h/${OTHER}"
+    env = dict(ENV, URL="https://h/${OTHER}")
+    assert config_from_dict(doc, env).api.url == "https://h/${OTHER}"
 
 
 def test_undefined_variables_are_each_reported_with_key_and_name() -> None:
@@ -430,7 +430,173 @@ def test_bad_urls(url: str, error: str) -> None:
     assert errors_of({"api": {"url": url}, "discover": True}) == [f"api.url: {error}"]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/api/v1/cloud",
+        "http://127.9.9.9/x",
+        "http://[::1]:9/x",
+        "http://localhost:1/x",
+        "http://LOCALHOST/x",
+    ],
+)
+def test_plain_http_to_loopback_is_allowed(url: str) -> None:
+    assert config_from_dict({"api": {"url": url}, "discover": True}, ENV).api.url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.qoder.com/x", "http://10.0.0.1/x", "http://[::2]/x", "http://localhost.x/"]
+)
+def test_plain_http_elsewhere_is_refused_unless_insecure(url: str) -> None:
+    doc: dict[str, object] = {"api": {"url": url}, "discover": True}
+    assert errors_of(doc) == [
+        "api.url: plain http:// sends the token unencrypted: use https://, "
+        f"or set api.insecure: true, got {url!r}"
+    ]
+    doc["api"] = {"url": url, "insecure": True}
+    config = config_from_dict(doc, ENV)
+    assert (config.api.url, config.api.insecure) == (url.rstrip("/"), True)
+
+
+def test_plain_http_from_qoder_api_url_is_refused_too() -> None:
+    env = dict(ENV, QODER_API_URL="http://api.qoder.com/x")
+    assert errors_of({"discover": True}, env) == [
+        "api.url: from QODER_API_URL: plain http:// sends the token unencrypted: use https://, "
+        "or set api.insecure: true, got 'http://api.qoder.com/x'"
+    ]
+    insecure = config_from_dict({"api": {"insecure": True}, "discover": True}, env)
+    assert insecure.api.url == "http://api.qoder.com/x"
+
+
+# The bounds on a hostile API
+
+
+def test_api_bounds_defaults() -> None:
+    api = config_from_dict({"discover": True}, ENV).api
+    assert api.max_response_bytes == 8 * 1024 * 1024
+    assert (api.deadline, api.max_pages, api.max_clock_skew, api.insecure) == (
+        30.0,
+        1000,
+        300.0,
+        False,
+    )
+    assert not hasattr(api, "connect_timeout")
+
+
+@pytest.mark.parametrize(
+    ("size", "size_bytes"),
+    [("512KiB", 512 * 1024), ("8MiB", 8 << 20), ("1GiB", 1 << 30), (65536, 65536), ("70000", 70000),
+     ("100000B", 100_000), ("2 MiB", 2 << 20)],
+)  # fmt: skip
+def test_max_response_size_accepts(size: object, size_bytes: int) -> None:
+    doc = {"api": {"max_response_size": size}, "discover": True}
+    assert config_from_dict(doc, ENV).api.max_response_bytes == size_bytes
+
+
+@pytest.mark.parametrize(
+    ("size", "error"),
+    [
+        (65535, "must be from 64KiB to 1GiB, got 65535"),
+        ("2GiB", "must be from 64KiB to 1GiB, got '2GiB'"),
+        ("8MB", "must be a size like 512KiB or 8MiB, got '8MB'"),
+        ("-1MiB", "must be a size like 512KiB or 8MiB, got '-1MiB'"),
+        (1.5, "must be a size like 512KiB or 8MiB, got 1.5"),
+        (True, "must be a size like 512KiB or 8MiB, got true"),
+        (10**400, "must be from 64KiB to 1GiB, got a very large integer"),
+    ],
+)
+def test_max_response_size_rejects(size: object, error: str) -> None:
+    doc = {"api": {"max_response_size": size}, "discover": True}
+    assert errors_of(doc) == [f"api.max_response_size: {error}"]
+
+
+def test_deadline_must_cover_the_timeout_and_grows_with_it_when_unset() -> None:
+    doc: dict[str, object] = {"api": {"timeout": "10s", "deadline": "10s"}, "discover": True}
+    assert config_from_dict(doc, ENV).api.deadline == 10.0
+    doc["api"] = {"timeout": "45s"}
+    assert config_from_dict(doc, ENV).api.deadline == 45.0
+    doc["api"] = {"deadline": "5s"}
+    assert errors_of(doc) == ["api.deadline: must be at least api.timeout (10s), got '5s'"]
+
+
+def test_max_pages_range() -> None:
+    for pages in (1, 100_000):
+        doc = {"api": {"max_pages": pages}, "discover": True}
+        assert config_from_dict(doc, ENV).api.max_pages == pages
+    assert errors_of({"api": {"max_pages": 100_001}, "discover": True}) == [
+        "api.max_pages: must be an integer from 1 to 100000, got 100001"
+    ]
+
+
+def test_bounds_may_come_from_variables() -> None:
+    doc = {
+        "api": {"max_response_size": "${SIZE}", "max_pages": "${PAGES}", "insecure": "${INS}"},
+        "discover": True,
+    }
+    api = config_from_dict(doc, dict(ENV, SIZE="131072", PAGES="7", INS="true")).api
+    assert (api.max_response_bytes, api.max_pages, api.insecure) == (131072, 7, True)
+
+
+def test_page_size_set_tells_an_explicit_default_from_none() -> None:
+    assert not config_from_dict({"discover": True}, ENV).page_size_set
+    assert not config_from_dict({"discover": True, "page_size": None}, ENV).page_size_set
+    explicit = config_from_dict({"discover": True, "page_size": 100}, ENV)
+    assert (explicit.page_size, explicit.page_size_set) == (100, True)
+
+
+def test_client_defaults_are_configs_defaults() -> None:
+    client = QoderClient("https://h", Secret(TOKEN))
+    api = ApiConfig()
+    assert client.timeout[1] == api.timeout
+    assert client.max_retries == api.max_retries
+    assert client.bucket.rate == api.requests_per_second
+    client.session.close()
+
+
 # Token
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "api:\n  token: *pt-LEAK-9f8e7d\ndiscover: true\n",
+        "api:\n  token: !pt-LEAK-9f8e7d\ndiscover: true\n",
+        "api:\n  token: !pt-LEAK-9f8e7d!x y\ndiscover: true\n",
+        "api:\n  token: !<pt-LEAK-9f8e7d> y\ndiscover: true\n",
+        "api:\n  token: &pt-LEAK-9f8e7d a\n  url: &pt-LEAK-9f8e7d b\ndiscover: true\n",
+        "api:\n  token: [*pt-LEAK-9f8e7d\n",
+        "api: {token: !!binary pt-LEAK-9f8e7d}\n",
+        "api:\n  token: pt-LEAK-9f8e7d\x07\n",
+    ],
+    ids=["alias", "tag", "tag handle", "verbatim tag", "anchor", "unclosed", "binary", "control"],
+)
+def test_yaml_syntax_around_a_token_is_never_echoed(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert "LEAK" not in str(caught.value)
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "exporter.py"), "--config", str(path), "--config.check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "QODER_PAT": ""},
+    )
+    assert check.returncode != 0
+    assert "LEAK" not in check.stdout + check.stderr
+    assert "invalid configuration" in check.stderr
+
+
+def test_yaml_syntax_errors_keep_their_punctuation_and_token_kinds(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("api: [1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert caught.value.errors == [
+        f"{path}:2:1: invalid YAML: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence at line 1, column 6)"
+    ]
 
 
 def test_explicit_token_beats_qoder_pat() -> None:

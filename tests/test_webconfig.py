@@ -31,7 +31,7 @@ import pytest
 from qoder_exporter.collector import Exposition
 from qoder_exporter.server import ExporterServer
 from qoder_exporter.snapshot import Snapshot
-from qoder_exporter.webconfig import WebConfigError, load_web_config
+from qoder_exporter.webconfig import BasicAuth, WebConfigError, load_web_config
 
 from .conftest import announced_port
 from .harness import require_tool
@@ -447,6 +447,44 @@ def test_unknown_user_costs_a_bcrypt_check_like_a_known_one(tmp_path: Path) -> N
     assert unknown > known / 2, (known, unknown)
 
 
+class _CostRecorder:
+    """bcrypt, recording the cost of every hash a password is checked against."""
+
+    def __init__(self) -> None:
+        self.costs: list[int] = []
+
+    def checkpw(self, password: bytes, hashed: bytes) -> bool:
+        self.costs.append(int(hashed[4:6]))
+        return bool(bcrypt.checkpw(password, hashed))
+
+
+def test_a_failed_check_costs_the_costliest_users_check_whoever_is_named() -> None:
+    # Timing-free: the work done is read from the hashes checked, not from a clock.
+    carol_hash = bcrypt.hashpw(b"carol-pw", bcrypt.gensalt(rounds=4)).decode()
+    dave_hash = bcrypt.hashpw(b"dave-pw", bcrypt.gensalt(rounds=6)).decode()
+    auth = BasicAuth({"alice": ALICE_HASH, "carol": carol_hash, "dave": dave_hash})
+    recorder = _CostRecorder()
+    auth._bcrypt = recorder
+    for user in ("nobody", "alice", "carol", "dave"):
+        recorder.costs.clear()
+        assert auth.check(basic(user, "wrong")["Authorization"]) is None
+        assert max(recorder.costs) == 6, (user, recorder.costs)
+    recorder.costs.clear()
+    assert auth.check(basic("alice", ALICE_PW)["Authorization"]) == "alice"
+    assert recorder.costs == [4], "a right password is not slowed down"
+
+
+def test_differing_bcrypt_costs_are_warned_about_at_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dave_hash = bcrypt.hashpw(b"dave-pw", bcrypt.gensalt(rounds=5)).decode()
+    with serving(tmp_path, users_yaml(alice=ALICE_HASH, bob=BOB_HASH)):
+        assert not [r for r in caplog.records if "costs differ" in r.getMessage()]
+    with serving(tmp_path, users_yaml(alice=ALICE_HASH, dave=dave_hash)):
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert [w for w in warnings if "bcrypt costs differ (4, 5)" in w], warnings
+
+
 def test_healthy_is_open_and_everything_else_needs_auth(tmp_path: Path) -> None:
     with serving(tmp_path, users_yaml(alice=ALICE_HASH), reload=lambda: (True, "ok")) as server:
         assert request(server, "/-/healthy")[0] == 200
@@ -499,6 +537,26 @@ def test_turning_tls_off_needs_a_restart(pki: Pki, tmp_path: Path) -> None:
         assert server.scheme == "https"
 
 
+@pytest.mark.parametrize(
+    "replacement",
+    ["", "# emptied\n", "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"],
+    ids=["empty", "comment only", "headers only"],
+)
+def test_a_reload_never_turns_basic_auth_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, replacement: str
+) -> None:
+    with serving(tmp_path, users_yaml(alice=ALICE_HASH)) as server:
+        # In place, not atomically: a reader may see the file empty, as an editor leaves it.
+        (tmp_path / "web.yml").write_text(replacement)
+        for _ in range(3):
+            assert request(server, "/metrics")[0] == 401
+        assert request(server, "/metrics", headers=basic("alice", ALICE_PW))[0] == 200
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "turning basic auth off needs a restart" in errors[0]
+        write_atomically(tmp_path / "web.yml", users_yaml(bob=BOB_HASH))
+        assert request(server, "/metrics", headers=basic("bob", BOB_PW))[0] == 200
+
+
 # POST /-/reload
 
 
@@ -540,9 +598,9 @@ BAD_FILES = [
     ("tls_server_config:\n  cert_fil: x\n", ["tls_server_config.cert_fil: unknown key (did"]),
     ("tls_server_confg: {}\n", ["tls_server_confg: unknown key (did you mean 'tls_server_co"]),
     ("{tls}  min_version: TLS11\n", ["tls_server_config.min_version: TLS11 is not allowed"]),
-    ("{tls}  min_version: TLS14\n", ["tls_server_config.min_version: expected TLS12 or TLS13"]),
+    ("{tls}  min_version: TLS14\n", ["tls_server_config.min_version: must be TLS12 or TLS13"]),
     ("{tls}  min_version: TLS13\n  max_version: TLS12\n", ["tls_server_config.max_version"]),
-    ("{tls}  client_auth_type: Maybe\n", ["tls_server_config.client_auth_type: expected one of"]),
+    ("{tls}  client_auth_type: Maybe\n", ["tls_server_config.client_auth_type: must be one of"]),
     ("{tls}  client_auth_type: RequireAnyClientCert\n", ["without verifying them"]),
     ("{tls}  client_auth_type: RequireAndVerifyClientCert\n", ["client_ca_file: required"]),
     ("{tls}  client_ca_file: {ca}\n", ["client_ca_file: set, but client_auth_type is NoCli"]),
@@ -550,15 +608,15 @@ BAD_FILES = [
     ("{tls}  cert: inline\n", ["tls_server_config.cert: inline certificates are not supp"]),
     ("tls_server_config:\n  cert_file: nope\n", ["cert_file: no such file", "key_file: missing"]),
     ("tls_server_config:\n", ["tls_server_config: empty"]),
-    ("basic_auth_users:\n  alice: hunter2\n", ["basic_auth_users.alice: expected a bcrypt hash"]),
+    ("basic_auth_users:\n  alice: hunter2\n", ["basic_auth_users.alice: must be a bcrypt hash"]),
     ("basic_auth_users:\n  'a:b': '{hash}'\n", ["cannot contain ':'"]),
-    ("basic_auth_users: [alice]\n", ["basic_auth_users: expected a mapping"]),
+    ("basic_auth_users: [alice]\n", ["basic_auth_users: must be a mapping"]),
     ("http_server_config:\n  headers:\n    Set-Cookie: x\n", ["headers.Set-Cookie: this head"]),
     ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", ["one of deny, sameorig"]),
     ("rate_limit:\n  interval: 1s\n", ["rate_limit: not supported"]),
     ("tls_server_config: {}\ntls_server_config: {}\n", ["duplicate key"]),
     ("[1, 2\n", ["invalid YAML"]),
-    ("- a list\n", ["expected a mapping, got a list"]),
+    ("- a list\n", ["<top level>: must be a mapping, got a list"]),
 ]  # fmt: skip
 
 
