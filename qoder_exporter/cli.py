@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    logs.REDACT.secrets.add(config.api.token.reveal())
+    logs.add_secret(config.api.token.reveal())
     if args.check:
         if args.web_config:
             try:
@@ -145,7 +145,7 @@ def reload_config(poller: Poller, path: str) -> tuple[bool, str]:
         poller.publish()
         log.error("config reload rejected, keeping the running config: %s", "; ".join(exc.errors))
         return False, str(exc)
-    logs.REDACT.secrets.add(config.api.token.reveal())
+    logs.add_secret(config.api.token.reveal())
     poller.note_reload(True)
     poller.reconfigure(config)  # applied by the poll thread, which it wakes
     log.info("config reloaded from %s", path)
