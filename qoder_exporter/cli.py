@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from . import __version__, logs
 from .collector import Exposition
-from .config import Config, ConfigError, config_from_dict, load_config
+from .config import Config, ConfigError, config_from_dict, load_config, parse_duration
 from .poller import Poller
-from .server import ExporterServer
+from .server import MAX_CONNECTIONS, READ_HEADER_TIMEOUT_S, ExporterServer
 from .webconfig import WebConfigError, load_web_config
 
 log = logging.getLogger("qoder_exporter")
@@ -50,6 +50,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="YAML enabling TLS and/or basic auth, as exporter-toolkit's (see README)",
     )
     p.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="enable POST /-/reload (off by default: any client reaching the port could use "
+        "it); SIGHUP reloads either way",
+    )
+    p.add_argument(
+        "--web.read-header-timeout",
+        dest="read_header_timeout",
+        type=_duration_flag,
+        default=READ_HEADER_TIMEOUT_S,
+        help="deadline for a whole request head, e.g. 5s (default "
+        f"{READ_HEADER_TIMEOUT_S:g}s); a slower client is disconnected",
+    )
+    p.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=_positive_int,
+        default=MAX_CONNECTIONS,
+        help="open HTTP connections; at the cap the one idle longest is closed "
+        f"(default {MAX_CONNECTIONS})",
+    )
+    p.add_argument(
         "--log.level",
         dest="log_level",
         default="info",
@@ -71,6 +94,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not args.config and not args.demo:
         p.error("one of --config or --demo is required")
     return args
+
+
+def _duration_flag(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"expected a duration between 1ms and 1h, got {text!r}")
+    return seconds
+
+
+def _positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65536:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to 65536, got {text!r}")
+    return int(text)
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -112,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    logs.REDACT.secrets.add(config.api.token.reveal())
+    logs.add_secret(config.api.token.reveal())
     if args.check:
         if args.web_config:
             try:
@@ -132,7 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         poller.close()
         return 0 if ok else 1
     return serve(
-        poller, args.listen, None if args.demo else args.config, web_config=args.web_config
+        poller,
+        args.listen,
+        None if args.demo else args.config,
+        web_config=args.web_config,
+        enable_lifecycle=args.enable_lifecycle,
+        read_header_timeout=args.read_header_timeout,
+        max_connections=args.max_connections,
     )
 
 
@@ -145,7 +190,7 @@ def reload_config(poller: Poller, path: str) -> tuple[bool, str]:
         poller.publish()
         log.error("config reload rejected, keeping the running config: %s", "; ".join(exc.errors))
         return False, str(exc)
-    logs.REDACT.secrets.add(config.api.token.reveal())
+    logs.add_secret(config.api.token.reveal())
     poller.note_reload(True)
     poller.reconfigure(config)  # applied by the poll thread, which it wakes
     log.info("config reloaded from %s", path)
@@ -157,9 +202,19 @@ def _ignore(signum: int, frame: object) -> None:
 
 
 def serve(
-    poller: Poller, listen: str, config_path: str | None = None, *, web_config: str | None = None
+    poller: Poller,
+    listen: str,
+    config_path: str | None = None,
+    *,
+    web_config: str | None = None,
+    enable_lifecycle: bool = False,
+    read_header_timeout: float = READ_HEADER_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> int:
-    """Run the poll loop and the HTTP server until SIGTERM or SIGINT; SIGHUP reloads."""
+    """Run the poll loop and the HTTP server until SIGTERM or SIGINT; SIGHUP reloads.
+
+    POST /-/reload exists only with enable_lifecycle (as Prometheus' --web.enable-lifecycle).
+    """
     try:
         address = parse_listen(listen)
     except ValueError as exc:
@@ -183,7 +238,9 @@ def serve(
             address,
             healthy=healthy,
             web_config_file=web_config,
-            reload=reload if config_path else None,
+            reload=reload if config_path and enable_lifecycle else None,
+            read_header_timeout=read_header_timeout,
+            max_connections=max_connections,
         )
     except WebConfigError as exc:
         print(str(exc), file=sys.stderr)

@@ -9,6 +9,7 @@ Sample of the output:
 from __future__ import annotations
 
 import gzip
+import logging
 import platform
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ from prometheus_client.utils import floatToGoString
 from . import __version__
 from .models import STATUSES, TERMINAL
 from .snapshot import DeploymentView, HistogramData, Snapshot
+
+log = logging.getLogger(__name__)
 
 TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
 OPENMETRICS_CONTENT_TYPE = om_format.CONTENT_TYPE_LATEST
@@ -325,24 +328,79 @@ def _age_templates(snap: Snapshot) -> tuple[tuple[str, tuple[tuple[str, float | 
     )
 
 
+def _render_failures_family(count: int) -> CounterMetricFamily:
+    return CounterMetricFamily(
+        "qoder_exporter_render_failures",
+        "Snapshots that could not be rendered; /metrics then says qoder_up 0 until one renders.",
+        value=float(count),
+    )
+
+
+class _FixedCollector:
+    """Yields the families it is given; for the body served when a render fails."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
+
+
+class _RenderFailuresCollector:
+    def __init__(self, exposition: Exposition) -> None:
+        self.exposition = exposition
+
+    def describe(self) -> list[Metric]:
+        return [_render_failures_family(0)]
+
+    def collect(self) -> Iterator[Metric]:
+        yield _render_failures_family(self.exposition.render_failures)
+
+
 class Exposition:
     """Holds the rendered exposition of the latest snapshot; safe for concurrent scrapes."""
 
     def __init__(self, snapshot: Snapshot, clock: Callable[[], float]) -> None:
         self.clock = clock
+        self.render_failures = 0
         self._collector = SnapshotCollector(snapshot)
         self._registry = CollectorRegistry(auto_describe=True)
         self._registry.register(self._collector)
+        self._registry.register(_RenderFailuresCollector(self))
         self._lock = threading.Lock()  # serialises renders, never held by scrapes
-        self._rendered = self._render(snapshot)
+        self._rendered = self._render_or_fallback(snapshot)
         self.snapshot = snapshot
 
     def update(self, snapshot: Snapshot) -> None:
         """Render a new snapshot once; scrapes keep serving the old bytes meanwhile."""
         with self._lock:
-            rendered = self._render(snapshot)
+            rendered = self._render_or_fallback(snapshot)
             # One reference swap: a scrape sees either the old or the new body, never a mix.
             self._rendered, self.snapshot = rendered, snapshot
+
+    def _render_or_fallback(self, snapshot: Snapshot) -> _Rendered:
+        try:
+            return self._render(snapshot)
+        except Exception:
+            # Keeping the previous body would go on claiming qoder_up 1 for data that is no
+            # longer current; say qoder_up 0 instead, and count it.
+            self.render_failures += 1
+            log.exception("cannot render the snapshot: /metrics says qoder_up 0 until one renders")
+            return self._fallback()
+
+    def _fallback(self) -> _Rendered:
+        up = GaugeMetricFamily(
+            "qoder_up",
+            "1 when the last poll reached the Qoder API and authenticated.",
+            value=0.0,
+        )
+        registry = CollectorRegistry(auto_describe=False)
+        collector = _FixedCollector([up, _render_failures_family(self.render_failures)])
+        registry.register(collector)
+        text = text_format.generate_latest(registry)
+        om: bytes = om_format.generate_latest(registry)  # type: ignore[no-untyped-call]
+        om = om.removesuffix(_OM_EOF)
+        return _Rendered(text, gzip.compress(text, 6), om, gzip.compress(om, 6), ())
 
     def _render(self, snapshot: Snapshot) -> _Rendered:
         self._collector.snapshot = snapshot  # the registry renders what the collector holds

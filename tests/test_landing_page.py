@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 
+from qoder_exporter import logs
 from qoder_exporter.models import Deployment
 from qoder_exporter.server import landing_page
 from qoder_exporter.snapshot import DeploymentView, Snapshot
@@ -311,3 +312,74 @@ def test_page_escapes_what_the_api_says() -> None:
         assert raw not in page, raw
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def hostile_view(**changes: Any) -> DeploymentView:
+    fields: dict[str, Any] = {
+        "id": "dep_1",
+        "info": None,
+        "recent": {},
+        "totals": {},
+        "durations": {},
+        "errors": {},
+        "last_success": None,
+        "last_finished_status": "completed",
+        "oldest_in_flight": {},
+        "sync_ok": False,
+        "last_sync": 1.0,
+        "last_error": None,
+    }
+    fields.update(changes)
+    return DeploymentView(**fields)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [253402387140.0, 1e300, float("inf"), float("nan"), -1e20],
+    ids=["year-10000", "1e300", "inf", "nan", "far-past"],
+)
+def test_page_renders_out_of_range_timestamps(when: float) -> None:
+    # completed_at "9999-12-31T23:59:59-23:59" is valid RFC 3339 and lies in year 10000.
+    view = hostile_view(last_success=when, last_sync=when)
+    snap = Snapshot(taken_at=1.0, buckets=(1.0,), deployments=(view,), last_success_poll=when)
+    page = landing_page(snap, 2.0).decode()
+    assert "dep_1" in page and "out of range" in page
+
+
+def test_page_neutralises_bidi_controls_and_lone_surrogates() -> None:
+    hostile = Deployment(
+        id="dep_1",
+        name="invoice\u202egpj.exe",
+        status="active",
+        agent_id="a",
+        schedule="manual",
+        paused_reason="\x1b[31mred\u2028line\ud800",
+    )
+    view = hostile_view(info=hostile, last_error="zero\u200bwidth\x00nul\x85nel")
+    snap = Snapshot(taken_at=1.0, buckets=(1.0,), deployments=(view,), last_error="\u2066x\u2069")
+    page = landing_page(snap, 2.0).decode()  # a lone surrogate would fail to encode
+    for raw in ("\u202e", "\x1b", "\u2028", "\u200b", "\x00", "\x85", "\u2066", "\u2069"):
+        assert raw not in page, repr(raw)
+    assert "invoice&lt;U+202E&gt;gpj.exe" in page
+    assert "&lt;U+D800&gt;" in page
+
+
+def test_page_caps_long_strings_from_the_api() -> None:
+    view = hostile_view(id="dep_" + "x" * 1_000_000, last_error="request_id " + "r" * 3_000_000)
+    snap = Snapshot(taken_at=1.0, buckets=(1.0,), deployments=(view,), last_error="e" * 3_000_000)
+    page = landing_page(snap, 2.0)
+    assert len(page) < 20_000
+    assert b"more chars]" in page
+
+
+def test_page_redacts_secrets_added_at_runtime() -> None:
+    # A token rotated through token_file is added by the client; an upstream that echoes the
+    # Authorization header in a 401 message must not put it on the page.
+    rotated = "pt-rotated-landing-5b1c9e"
+    logs.add_secret(rotated)
+    echo = f"authentication_error: bad header 'Authorization: Bearer {rotated}'"
+    view = hostile_view(last_error=echo)
+    snap = Snapshot(taken_at=1.0, buckets=(1.0,), deployments=(view,), last_error=echo)
+    page = landing_page(snap, 2.0).decode()
+    assert rotated not in page
+    assert page.count("&lt;redacted&gt;") == 2

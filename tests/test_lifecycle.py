@@ -213,6 +213,7 @@ class Process:
                 str(config),
                 "--web.listen-address",
                 "127.0.0.1:0",
+                "--web.enable-lifecycle",
             ],
             stderr=subprocess.PIPE,
             text=True,

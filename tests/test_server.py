@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
 import requests
@@ -132,3 +133,25 @@ def test_token_never_in_metrics_logs_or_reprs(
     for text in texts:
         assert TOKEN not in text
     assert "authentication_error" in caplog.text
+
+
+def test_a_snapshot_that_fails_to_render_says_down_and_is_counted(
+    served: tuple[Poller, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    poller, base = served
+    assert poller.poll_once()
+    assert metrics(base)["qoder_up"] == [({}, 1.0)]
+    good = poller.snapshot
+    # A lone surrogate (legal in JSON) cannot be encoded: the render fails.
+    poison = replace(good.deployments[0], id="dep_\ud800")
+    assert poller.on_snapshot is not None
+    poller.on_snapshot(replace(good, deployments=(poison, *good.deployments[1:])))
+    m = metrics(base)
+    assert m["qoder_up"] == [({}, 0.0)], "never the previous body with qoder_up 1"
+    assert m["qoder_exporter_render_failures_total"] == [({}, 1.0)]
+    assert "cannot render the snapshot" in caplog.text
+    assert requests.get(f"{base}/", timeout=5).status_code == 200, "the page still renders"
+    poller.on_snapshot(good)
+    m = metrics(base)
+    assert m["qoder_up"] == [({}, 1.0)]
+    assert m["qoder_exporter_render_failures_total"] == [({}, 1.0)]
