@@ -554,12 +554,13 @@ def _to_page(endpoint: str, body: dict[str, Any]) -> Page:
     if not isinstance(last_id, str):
         last = data[-1] if data else None
         last_id = last.get("id") if isinstance(last, dict) else None
-    if isinstance(last_id, str) and not valid_id(last_id):
-        # The cursor goes back into a URL and into the set of cursors seen: ids only.
-        raise InvalidResponseError(f"{endpoint}: cursor is not an id", endpoint=endpoint)
-    return Page(
-        data, bool(body.get("has_more")), last_id if isinstance(last_id, str) else None, endpoint
-    )
+    has_more = bool(body.get("has_more"))
+    if not valid_id(last_id):
+        if has_more and last_id is not None:
+            # The cursor goes back into a URL and into the set of cursors seen: ids only.
+            raise InvalidResponseError(f"{endpoint}: cursor is not an id", endpoint=endpoint)
+        last_id = None
+    return Page(data, has_more, last_id, endpoint)
 
 
 def _path(*segments: str) -> str:
