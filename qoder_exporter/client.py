@@ -432,6 +432,9 @@ class QoderClient:
         try:
             status, headers, body = self._exchange(endpoint, path, params, start, watch)
             code = str(status)
+        except InvalidResponseError as exc:
+            code = str(exc.status or "error")
+            raise
         except _Expired:
             code = "timeout"
             raise TransportError(
@@ -655,10 +658,18 @@ class _DeadlineAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _WatchedPool,
-            "https": _WatchedHTTPSPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
+_WATCHED_POOLS: dict[str, type[HTTPConnectionPool]] = {
+    "http": _WatchedPool,
+    "https": _WatchedHTTPSPool,
+}
 
 
 def error_kind(exc: QoderError) -> str:
