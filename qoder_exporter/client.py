@@ -559,9 +559,10 @@ def _to_page(endpoint: str, body: dict[str, Any]) -> Page:
         last_id = last.get("id") if isinstance(last, dict) else None
     has_more = bool(body.get("has_more"))
     if not valid_id(last_id):
-        if has_more and last_id is not None:
-            # The cursor goes back into a URL and into the set of cursors seen: ids only.
-            raise InvalidResponseError(f"{endpoint}: cursor is not an id", endpoint=endpoint)
+        # The cursor goes back into a URL and into the set of cursors seen: ids only. Like
+        # a missing one, it ends the listing; the page's records are still read.
+        if has_more and last_id:
+            log.warning("%s: the next-page cursor is not an id: listing ends here", endpoint)
         last_id = None
     return Page(data, has_more, last_id, endpoint)
 

@@ -82,16 +82,16 @@ def restore(
     check = _Checker((time.time() if now is None else now) + max_clock_skew)
     deployments = doc.get("deployments")
     if not isinstance(deployments, dict):
-        raise StateError("deployments: expected an object")
+        raise StateError("malformed state: deployments: expected an object")
     restored: dict[str, DeploymentState] = {}
     for dep_id, d in deployments.items():
-        check.id(dep_id, "deployment id")
         try:
+            check.id(dep_id, "deployment id")
             restored[dep_id] = _restore_one(d, len(store.buckets) if same_buckets else None, check)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise StateError(f"{dep_id}: malformed: {type(exc).__name__}") from None
+            raise StateError(f"malformed state: {dep_id}: {type(exc).__name__}") from None
         except StateError as exc:
-            raise StateError(f"{dep_id}: {exc}") from None
+            raise StateError(f"malformed state: {dep_id}: {exc}") from None
     store.deployments.update(restored)
     return len(restored)
 
