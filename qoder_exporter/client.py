@@ -2,30 +2,67 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
+import math
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import __version__
 from .config import (
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_PAGES,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_RETRIES,
     DEFAULT_REQUESTS_PER_SECOND,
     DEFAULT_TIMEOUT,
     Secret,
 )
+from .models import MAX_CLOCK_SKEW, clean_text, valid_id
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Clients should not sleep for minutes inside a poll; longer waits are the poller's call.
 MAX_RETRY_AFTER = 600.0
+# Back-off for a 429 whose Retry-After is missing or unreadable (nan, garbage).
+DEFAULT_RETRY_AFTER = 1.0
+# A Date header further than this from our clock is not the API's time but a broken header.
+MAX_DATE_OFFSET = 86400.0
+# The Date header has 1 s resolution: two readings may disagree by that much.
+DATE_RESOLUTION = 1.0
+MAX_REDIRECTS = 3
+_CHUNK = 64 * 1024
+# The error types the API documents (qoder-api.md 6.2) and the client's own kinds: the
+# error_type label of qoder_exporter_api_errors_total takes only these, else "other".
+API_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "conflict_error",
+        "api_error",
+        "feature_not_available",
+        "rate_limit_error",
+        "overloaded_error",
+        "http_error",
+    }
+)
 
 
 class QoderError(Exception):
@@ -46,7 +83,22 @@ class TransportError(QoderError):
 
 
 class InvalidResponseError(QoderError):
-    """The API answered 2xx with a body we cannot read."""
+    """The API answered with something we will not use; `kind` is its error_type label.
+
+    invalid_response (not JSON, too deep, wrong shape), response_too_large, pagination_loop,
+    too_many_pages, redirect_refused.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        status: int | None = None,
+        kind: str = "invalid_response",
+    ) -> None:
+        super().__init__(message, status=status, endpoint=endpoint)
+        self.kind = kind
 
 
 class APIError(QoderError):
@@ -96,6 +148,7 @@ class Page:
     data: list[Any]
     has_more: bool
     last_id: str | None
+    endpoint: str = ""
 
 
 RequestObserver = Callable[[str, str, float], None]  # (endpoint, code, seconds)
@@ -154,11 +207,19 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         if when is None:
             return None
         seconds = when - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        # float() reads "nan", and max()/min() pass a NaN through: no back-off at all.
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 class QoderClient:
-    """Typed, rate-limited, retrying access to the read endpoints of the Qoder API."""
+    """Typed, rate-limited, retrying access to the read endpoints of the Qoder API.
+
+    Every answer is bounded: `deadline` seconds per request (connect, headers and the whole
+    body, redirects included), `max_response_bytes` of decompressed body, `max_pages` per
+    listing.
+    """
 
     def __init__(
         self,
@@ -170,32 +231,78 @@ class QoderClient:
         requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND,
         observer: RequestObserver | None = None,
         session: requests.Session | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        max_clock_skew: float = MAX_CLOCK_SKEW,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._origin = _origin(self.base_url)
         self._token = token
         self.timeout = (min(timeout, 5.0), timeout)
         self.max_retries = max_retries
+        self.deadline = deadline
+        self.max_response_bytes = max_response_bytes
+        self.max_pages = max_pages
+        self.max_clock_skew = max_clock_skew
         self.bucket = TokenBucket(requests_per_second)
         self.observer = observer
         # Told of every failed attempt (endpoint, error kind), retried or not.
         self.on_error: Callable[[str, str], None] | None = None
-        # The API's clock as its last Date header told it: (unix time, our monotonic then).
-        self._server_date: tuple[float, float] | None = None
+        # The API's clock as its Date headers told it, as (unix time - our monotonic time):
+        # the largest offset seen, so our estimate never runs backwards (see server_now).
+        self._server_offset: float | None = None
+        self._date_lock = threading.Lock()
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = f"qoder-exporter/{__version__}"
         self.session.headers["Accept"] = "application/json"
+        # Connections that tell the deadline watchdog their socket (see _Deadline).
+        adapter = _DeadlineAdapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         # requests' own retries are off: ours are bounded, jittered and observable.
         self.sleep: Callable[[float], None] = time.sleep
+        self.monotonic: Callable[[], float] = time.monotonic
 
     def __repr__(self) -> str:
         return f"QoderClient(base_url={self.base_url!r}, token=<redacted>)"
 
-    def server_now(self) -> float | None:
-        """The API's current time, from its last Date header (1 s resolution), if any."""
-        seen = self._server_date
-        if seen is None:
+    def server_now(self, local_now: float | None = None) -> float | None:
+        """The API's current time from its Date headers, or None when unknown or untrusted.
+
+        The poller keeps the store's clock at min(now, server_now() + 1), so the floor below
+        which runs are dropped never runs ahead of the API. A Date header can be frozen or
+        wrong, and a floor that follows it would stop and the store would keep every run
+        from then on. Two rules keep the floor moving:
+        - the estimate is the largest (Date - monotonic) offset ever seen plus our monotonic
+          clock: it advances at least as fast as our monotonic clock, whatever the headers
+          say (a frozen or backward Date is ignored, a forward jump is taken);
+        - given our wall clock `local_now`, an estimate more than MAX_DATE_OFFSET away from
+          it is not trusted (None: the caller falls back on its own clock), so the floor
+          lags our clock by at most MAX_DATE_OFFSET plus the lookback.
+        """
+        offset = self._server_offset
+        if offset is None:
             return None
-        return seen[0] + (time.monotonic() - seen[1])
+        estimate = offset + self.monotonic()
+        if local_now is not None and abs(estimate - local_now) > MAX_DATE_OFFSET:
+            return None
+        return estimate
+
+    def not_after(self, local_now: float) -> float:
+        """The latest timestamp a record may carry: the API's clock (else ours) plus skew."""
+        server = self.server_now(local_now)
+        return (local_now if server is None else server) + self.max_clock_skew
+
+    def _note_date(self, value: str | None) -> float | None:
+        date = parse_http_date(value)
+        if date is None or not math.isfinite(date):
+            return None
+        with self._date_lock:
+            offset = date - self.monotonic()
+            if self._server_offset is None or offset > self._server_offset:
+                self._server_offset = offset
+        return date
 
     @property
     def token(self) -> Secret:
@@ -210,7 +317,7 @@ class QoderClient:
         return self._page("list_deployments", "/deployments", limit, after_id, {})
 
     def get_deployment(self, deployment_id: str) -> dict[str, Any]:
-        return self._object("get_deployment", f"/deployments/{deployment_id}")
+        return self._object("get_deployment", _path("deployments", deployment_id))
 
     def list_runs(
         self,
@@ -221,7 +328,7 @@ class QoderClient:
         status: str | None = None,
     ) -> Page:
         params = {"status": status} if status else {}
-        path = f"/deployments/{deployment_id}/runs"
+        path = _path("deployments", deployment_id, "runs")
         return self._page("list_runs", path, limit, after_id, params)
 
     def list_all_runs(
@@ -231,17 +338,44 @@ class QoderClient:
         return self._page("list_all_runs", "/deployment_runs", limit, after_id, params)
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        return self._object("get_run_global", f"/deployment_runs/{run_id}")
+        return self._object("get_run_global", _path("deployment_runs", run_id))
 
     def pages(self, fetch: Callable[[str | None], Page]) -> Iterator[Page]:
-        """Follow after_id cursors; stops on has_more=false or a cursor that does not move."""
+        """Follow after_id cursors until has_more=false; at most max_pages pages.
+
+        A cursor seen before in this listing (A, B, A, ...) or a listing longer than
+        max_pages is an error (counted, logged, raised): following it would never end.
+        """
         cursor: str | None = None
+        seen: set[str] = set()
+        pages = 0
         while True:
             page = fetch(cursor)
+            pages += 1
             yield page
             if not page.has_more or not page.last_id or page.last_id == cursor:
                 return
+            if page.last_id in seen:
+                self._fail(
+                    page.endpoint,
+                    f"{page.endpoint}: cursor {page.last_id!r} came back after {pages} pages",
+                    "pagination_loop",
+                )
+            if pages >= self.max_pages:
+                self._fail(
+                    page.endpoint,
+                    f"{page.endpoint}: more than {self.max_pages} pages in one listing",
+                    "too_many_pages",
+                )
+            seen.add(page.last_id)
             cursor = page.last_id
+
+    def _fail(self, endpoint: str, message: str, kind: str) -> None:
+        exc = InvalidResponseError(message, endpoint=endpoint, kind=kind)
+        log.warning("%s", message)
+        if self.on_error is not None:
+            self.on_error(endpoint, kind)
+        raise exc
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -251,24 +385,22 @@ class QoderClient:
         query: dict[str, str] = {"limit": str(limit), **params}
         if after_id:
             query["after_id"] = after_id
-        body = self._get(endpoint, path, query)
-        data = body.get("data")
-        if not isinstance(data, list):
-            raise InvalidResponseError(f"{endpoint}: response has no data list", endpoint=endpoint)
-        last_id = body.get("last_id")
-        if not isinstance(last_id, str):
-            last = data[-1] if data else None
-            last_id = last.get("id") if isinstance(last, dict) else None
-        return Page(data, bool(body.get("has_more")), last_id if isinstance(last_id, str) else None)
+        return self._get(endpoint, path, query, lambda body: _to_page(endpoint, body))
 
     def _object(self, endpoint: str, path: str) -> dict[str, Any]:
-        return self._get(endpoint, path, {})
+        return self._get(endpoint, path, {}, lambda body: body)
 
-    def _get(self, endpoint: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+    def _get(
+        self,
+        endpoint: str,
+        path: str,
+        params: Mapping[str, str],
+        shape: Callable[[dict[str, Any]], T],
+    ) -> T:
         attempt = 0
         while True:
             try:
-                return self._get_once(endpoint, path, params)
+                return self._get_once(endpoint, path, params, shape)
             except (TransportError, ServerError) as exc:
                 if attempt >= self.max_retries:
                     raise
@@ -277,69 +409,280 @@ class QoderClient:
                 attempt += 1
                 self.sleep(delay)
 
-    def _get_once(self, endpoint: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+    def _get_once(
+        self,
+        endpoint: str,
+        path: str,
+        params: Mapping[str, str],
+        shape: Callable[[dict[str, Any]], T],
+    ) -> T:
         try:
-            return self._attempt(endpoint, path, params)
+            # Inside the try: a 2xx body of the wrong shape is an API error too.
+            return shape(self._attempt(endpoint, path, params))
         except QoderError as exc:
             if self.on_error is not None:
                 self.on_error(endpoint, error_kind(exc))
+            if isinstance(exc, InvalidResponseError) and exc.kind != "invalid_response":
+                log.warning("%s", exc)
             raise
 
     def _attempt(self, endpoint: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
         self.bucket.acquire()
         start = time.monotonic()
         code = "error"
+        watch = _Deadline(self.deadline)
+        _watched.current = watch
         try:
-            response = self.session.get(
-                self.base_url + path,
-                params=params,
-                timeout=self.timeout,
-                auth=_Bearer(self._token),
-            )
-            code = str(response.status_code)
-            body = response.content
+            status, headers, body = self._exchange(endpoint, path, params, start, watch)
+            code = str(status)
+        except InvalidResponseError as exc:
+            code = str(exc.status or "error")
+            raise
+        except _Expired:
+            code = "timeout"
+            raise TransportError(
+                f"{endpoint}: no complete answer within the {self.deadline:g}s deadline",
+                endpoint=endpoint,
+                kind="timeout",
+            ) from None
         except requests.Timeout:
             code = "timeout"
             raise TransportError(
                 f"{endpoint}: timed out", endpoint=endpoint, kind="timeout"
             ) from None
         except requests.RequestException as exc:
+            if watch.expired:
+                code = "timeout"
+                raise TransportError(
+                    f"{endpoint}: no complete answer within the {self.deadline:g}s deadline",
+                    endpoint=endpoint,
+                    kind="timeout",
+                ) from None
             # `from None`: requests' exceptions hold the prepared request, headers and all.
             raise TransportError(
-                f"{endpoint}: {type(exc).__name__}: {str(exc)[:200]}", endpoint=endpoint
+                f"{endpoint}: {type(exc).__name__}: {clean_text(str(exc), 200)}",
+                endpoint=endpoint,
             ) from None
         finally:
+            watch.cancel()
+            _watched.current = None
             if self.observer is not None:
                 self.observer(endpoint, code, time.monotonic() - start)
-        date = parse_http_date(response.headers.get("Date"))
-        if date is not None:
-            self._server_date = (date, time.monotonic())
-        status = response.status_code
+        date = self._note_date(headers.get("Date"))
         if 200 <= status < 300:
             try:
                 parsed = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
+                # RecursionError: JSON nested thousands deep is legal and breaks the parser.
                 raise InvalidResponseError(
-                    f"{endpoint}: HTTP {status} body is not JSON", status=status, endpoint=endpoint
+                    f"{endpoint}: HTTP {status} body is not JSON we can read",
+                    status=status,
+                    endpoint=endpoint,
                 ) from None
             if not isinstance(parsed, dict):
                 raise InvalidResponseError(
                     f"{endpoint}: expected a JSON object", status=status, endpoint=endpoint
                 )
             return parsed
-        raise _error_from(endpoint, status, body, response.headers, date)
+        raise _error_from(endpoint, status, body, headers, date)
+
+    def _exchange(
+        self,
+        endpoint: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        start: float,
+        watch: _Deadline,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One GET, same-origin redirects followed by hand: (status, headers, body)."""
+        url = self.base_url + path
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self.session.get(
+                url,
+                params=params,
+                timeout=self.timeout,
+                auth=_Bearer(self._token),
+                stream=True,
+                # Followed here, and only to the API's own origin: data from another host
+                # is not the API's, whatever it says.
+                allow_redirects=False,
+            )
+            with contextlib.closing(response):
+                if not response.is_redirect:
+                    body = self._read_body(endpoint, response, start)
+                    return response.status_code, response.headers, body
+                target = urljoin(url, response.headers.get("Location", ""))
+            if _origin(target) != self._origin:
+                raise InvalidResponseError(
+                    f"{endpoint}: HTTP {response.status_code} redirect to another host refused",
+                    status=response.status_code,
+                    endpoint=endpoint,
+                    kind="redirect_refused",
+                )
+            url, params = target, None
+        raise InvalidResponseError(
+            f"{endpoint}: more than {MAX_REDIRECTS} redirects",
+            endpoint=endpoint,
+            kind="redirect_refused",
+        )
+
+    def _read_body(self, endpoint: str, response: requests.Response, start: float) -> bytes:
+        """The decompressed body, read against the deadline and the size cap."""
+        limit = self.max_response_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and len(declared) < 20 and int(declared) > limit:
+            self._too_large(endpoint, response.status_code)
+        body = bytearray()
+        # urllib3 decompresses while streaming, at most a chunk at a time: the count is of
+        # decoded bytes, so a small gzip bomb stops at the cap too.
+        for chunk in response.iter_content(chunk_size=_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                self._too_large(endpoint, response.status_code)
+            if time.monotonic() - start > self.deadline:
+                raise _Expired()
+        return bytes(body)
+
+    def _too_large(self, endpoint: str, status: int) -> None:
+        raise InvalidResponseError(
+            f"{endpoint}: HTTP {status} body larger than {self.max_response_bytes} bytes",
+            status=status,
+            endpoint=endpoint,
+            kind="response_too_large",
+        )
+
+
+def _to_page(endpoint: str, body: dict[str, Any]) -> Page:
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise InvalidResponseError(f"{endpoint}: response has no data list", endpoint=endpoint)
+    last_id = body.get("last_id")
+    if not isinstance(last_id, str):
+        last = data[-1] if data else None
+        last_id = last.get("id") if isinstance(last, dict) else None
+    has_more = bool(body.get("has_more"))
+    if not valid_id(last_id):
+        # The cursor goes back into a URL and into the set of cursors seen: ids only. Like
+        # a missing one, it ends the listing; the page's records are still read.
+        if has_more and last_id:
+            log.warning("%s: the next-page cursor is not an id: listing ends here", endpoint)
+        last_id = None
+    return Page(data, has_more, last_id, endpoint)
+
+
+def _path(*segments: str) -> str:
+    # Ids from the API are validated when parsed; escaping every segment as well means a
+    # hostile one ("dep_x/../../admin", "a?b=c") can never leave its segment.
+    return "".join("/" + quote(s, safe="") for s in segments)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port or default
+
+
+class _Expired(Exception):
+    """The request's deadline passed."""
+
+
+class _Deadline:
+    """Ends a request that outlives its deadline by shutting its socket down.
+
+    The requests timeout is per socket read: a server that sends a byte every few seconds
+    never trips it. This timer does not care how the bytes trickle in: at the deadline the
+    socket is shut down, which wakes the blocked read with an error.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                _shutdown(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            _shutdown(self._sock)
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched(threading.local):
+    current: _Deadline | None = None
+
+
+# Each poll worker has its own request in flight: the deadline is per thread.
+_watched = _Watched()
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self) -> urllib3.response.BaseHTTPResponse:  # type: ignore[override]
+        if _watched.current is not None:
+            _watched.current.attach(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self) -> urllib3.response.BaseHTTPResponse:  # type: ignore[override]
+        if _watched.current is not None:
+            _watched.current.attach(self.sock)
+        return super().getresponse()
+
+
+class _WatchedPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter with connections the deadline watchdog can reach."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
+_WATCHED_POOLS: dict[str, type[HTTPConnectionPool]] = {
+    "http": _WatchedPool,
+    "https": _WatchedHTTPSPool,
+}
 
 
 def error_kind(exc: QoderError) -> str:
-    """A bounded label for an error: timeout, connection, invalid_response or the API's type."""
-    if isinstance(exc, TransportError):
+    """A bounded label for an error: timeout, connection, the client's kinds or the API's type."""
+    if isinstance(exc, (TransportError, InvalidResponseError)):
         return exc.kind
-    if isinstance(exc, InvalidResponseError):
-        return "invalid_response"
     if isinstance(exc, APIError):
-        # error.type comes from the server: keep the label set bounded to well-formed names.
-        t = exc.error_type
-        return t if len(t) <= 40 and t.replace("_", "").isalnum() else "other"
+        # error.type comes from the server: only the documented types make a label.
+        return exc.error_type if exc.error_type in API_ERROR_TYPES else "other"
     return "other"
 
 
@@ -360,16 +703,17 @@ def _error_from(
     error_type, message, request_id = "http_error", f"HTTP {status}", None
     try:
         envelope = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         envelope = None
     if isinstance(envelope, dict):
         err = envelope.get("error")
         if isinstance(err, dict):
-            error_type = str(err.get("type") or error_type)[:64]
-            message = str(err.get("message") or message)[:200]
+            error_type = clean_text(str(err.get("type") or error_type), 64)
+            message = clean_text(str(err.get("message") or message), 200)
         rid = envelope.get("request_id")
         request_id = rid if isinstance(rid, str) else None
     request_id = request_id or headers.get("request-id") or headers.get("x-request-id")
+    request_id = clean_text(request_id, 128) if request_id else None
     text = f"{endpoint}: HTTP {status} {error_type}: {message}"
     if request_id:
         text += f" (request_id {request_id})"
@@ -381,7 +725,7 @@ def _error_from(
     }
     retry_after = parse_retry_after(headers.get("Retry-After"), date)
     if status == 429 or (status == 503 and retry_after is not None):
-        return RateLimitedError(text, retry_after=retry_after or 1.0, **kw)
+        return RateLimitedError(text, retry_after=retry_after or DEFAULT_RETRY_AFTER, **kw)
     if status >= 500:
         return ServerError(text, **kw)
     return _BY_STATUS.get(status, APIError)(text, **kw)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from .models import MAX_CLOCK_SKEW
 from .yamlreader import (
     IDENTIFIER,
     Reader,
@@ -47,7 +48,7 @@ MIN_MAX_RESPONSE_BYTES = 64 << 10
 MAX_MAX_RESPONSE_BYTES = 1 << 30
 DEFAULT_DEADLINE = 30.0
 DEFAULT_MAX_PAGES = 1000
-DEFAULT_MAX_CLOCK_SKEW = 300.0
+DEFAULT_MAX_CLOCK_SKEW = MAX_CLOCK_SKEW  # models refuses times beyond the API's clock + this
 DEFAULT_POLL_INTERVAL = 60.0
 MIN_POLL_INTERVAL = 1.0
 DEFAULT_LOOKBACK = 86400.0

@@ -14,6 +14,37 @@ IN_FLIGHT = frozenset({"pending", "running"})
 # fresh from each JSON record would cost ~60 bytes more per run (11 MiB at 190k runs).
 _CANONICAL = {s: s for s in STATUSES}
 
+# Records may be this far ahead of the API's clock (its Date header) before they are refused.
+MAX_CLOCK_SKEW = 300.0
+# Ids go into request paths and the state file: nothing but these characters.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# Every other string from the API that becomes a label value is cut to this length.
+MAX_LABEL_LENGTH = 256
+# Run error.type values the API documents (qoder-api.md 5.2); any other becomes "other", so a
+# hostile API cannot make the error-type label grow without bound.
+RUN_ERROR_TYPES = frozenset(
+    {
+        "environment_archived_error",
+        "environment_not_found_error",
+        "agent_archived_error",
+        "vault_not_found_error",
+        "vault_archived_error",
+        "file_not_found_error",
+        "memory_store_archived_error",
+        "skill_not_found_error",
+        "session_resource_not_found_error",
+        "workspace_archived_error",
+        "organization_disabled_error",
+        "session_rate_limited_error",
+        "session_creation_rejected_error",
+        "self_hosted_resources_unsupported_error",
+        "mcp_egress_blocked_error",
+        "unknown_error",
+        "other",
+    }
+)
+TRIGGER_TYPES = frozenset({"manual", "schedule", "retry", "other"})
+
 # RFC 3339 with 0-9 fractional digits; datetime.fromisoformat only takes up to 6 before 3.11.
 _TS = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
@@ -31,6 +62,32 @@ class ParseError(ValueError):
 
 # A run longer than a year is a bad record, not a run.
 MAX_DURATION_MS = 366 * 86400 * 1000
+
+
+def valid_id(value: object) -> bool:
+    """True for an id that is safe in a URL path segment and as a label value."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
+def clean_text(value: str, limit: int = MAX_LABEL_LENGTH) -> str:
+    """`value` cut to `limit` characters and made encodable as UTF-8.
+
+    JSON may carry lone UTF-16 surrogates ("\\ud800"); one such character in a label value
+    makes every render of /metrics raise UnicodeEncodeError. They become U+FFFD.
+    """
+    value = value[:limit]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
+
+
+def run_error_type(value: object) -> str:
+    """A run's error.type as a bounded label: a documented type, else "other"."""
+    if not isinstance(value, str) or not value:
+        return "unknown_error"
+    return value if value in RUN_ERROR_TYPES else "other"
 
 
 def parse_timestamp(value: object, field: str = "timestamp") -> float:
@@ -95,28 +152,42 @@ def _str(data: dict[str, Any], key: str, kind: str) -> str:
     return value
 
 
+def _id(data: dict[str, Any], key: str, kind: str) -> str:
+    value = _str(data, key, kind)
+    if not valid_id(value):
+        # It would go into a request path: "dep_x/../../admin" must not reach one.
+        raise ParseError(f"{kind}.{key}", f"not an id: {clean_text(value, 40)!r}")
+    return value
+
+
+def _label(value: object, default: str) -> str:
+    return clean_text(value) if isinstance(value, str) and value else default
+
+
 def _opt_time(data: dict[str, Any], key: str, kind: str) -> float | None:
     value = data.get(key)
     return None if value is None else parse_timestamp(value, f"{kind}.{key}")
 
 
-def parse_run(data: object) -> Run:
+def parse_run(data: object, not_after: float | None = None) -> Run:
     """Parse one run record; raises ParseError naming the field at fault.
 
     The record-only (G2) shape has no status: a record with a session_id is a run whose
     session was created (counted as completed), one with an error is failed. Both are
     terminal the moment they appear, and carry no duration.
+
+    A run with a time later than `not_after` (the API's clock plus a skew) is refused: one
+    completed "in 2099" would hold the last success there and silence its alert for good.
     """
     if not isinstance(data, dict):
         raise ParseError("run", f"expected an object, got {type(data).__name__}")
-    run_id = _str(data, "id", "run")
-    deployment_id = _str(data, "deployment_id", "run")
+    run_id = _id(data, "id", "run")
+    deployment_id = _id(data, "deployment_id", "run")
     created_at = parse_timestamp(data.get("created_at"), "run.created_at")
     error = data.get("error")
     error_type: str | None = None
     if isinstance(error, dict):
-        raw_type = error.get("type")
-        error_type = raw_type if isinstance(raw_type, str) and raw_type else "unknown_error"
+        error_type = run_error_type(error.get("type"))
     elif error is not None:
         raise ParseError("run.error", "expected an object or null")
     trigger_ctx = data.get("trigger_context")
@@ -148,6 +219,14 @@ def parse_run(data: object) -> Run:
     if status == "completed" and completed_at is None and "status" not in data:
         # A record-only run finishes at creation: its success time is when it was recorded.
         completed_at = created_at
+    if not_after is not None:
+        for name, when in (
+            ("created_at", created_at),
+            ("completed_at", completed_at),
+            ("cas_run_extras.started_at", started_at),
+        ):
+            if when is not None and when > not_after:
+                raise ParseError(f"run.{name}", "lies in the future of the API's clock")
     return Run(
         id=run_id,
         deployment_id=deployment_id,
@@ -157,7 +236,9 @@ def parse_run(data: object) -> Run:
         duration_s=duration_s,
         started_at=started_at,
         error_type=error_type if status == "failed" else None,
-        trigger=trigger if isinstance(trigger, str) else None,
+        trigger=(trigger if trigger in TRIGGER_TYPES else "other")
+        if isinstance(trigger, str)
+        else None,
     )
 
 
@@ -176,14 +257,20 @@ def _schedule_text(schedule: object) -> str:
     tz = schedule.get("timezone")
     if not isinstance(expression, str):
         return "unknown"
-    return f"{expression} ({tz})" if isinstance(tz, str) and tz else expression
+    text = f"{expression} ({tz})" if isinstance(tz, str) and tz else expression
+    return clean_text(text)
 
 
-def parse_deployment(data: object) -> Deployment:
-    """Parse one deployment; unknown fields are ignored, optional ones may be missing."""
+def parse_deployment(data: object, not_after: float | None = None) -> Deployment:
+    """Parse one deployment; unknown fields are ignored, optional ones may be missing.
+
+    Every string that becomes a label value is made valid UTF-8 and cut to
+    MAX_LABEL_LENGTH; a created_at later than `not_after` is dropped (it would make the
+    deployment look new, and its history be counted as news).
+    """
     if not isinstance(data, dict):
         raise ParseError("deployment", f"expected an object, got {type(data).__name__}")
-    dep_id = _str(data, "id", "deployment")
+    dep_id = _id(data, "id", "deployment")
     name = data.get("name")
     status = data.get("status")
     agent = data.get("agent")
@@ -191,7 +278,7 @@ def parse_deployment(data: object) -> Deployment:
     reason = data.get("paused_reason")
     paused_reason: str | None = None
     if isinstance(reason, dict):
-        paused_reason = str(reason.get("type") or "unknown")
+        paused_reason = _label(reason.get("type"), "unknown")
     stats: Any = {}
     metadata = data.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("cas_config"), dict):
@@ -199,19 +286,21 @@ def parse_deployment(data: object) -> Deployment:
     stats = stats if isinstance(stats, dict) else {}
     failures = stats.get("consecutive_failures")
     next_trigger = stats.get("next_trigger_at")
-    created = data.get("created_at")
+    created = _lenient_time(data.get("created_at"))
+    if created is not None and not_after is not None and created > not_after:
+        created = None
     return Deployment(
         id=dep_id,
-        name=name if isinstance(name, str) and name else dep_id,
-        status=status if isinstance(status, str) and status else "unknown",
-        agent_id=agent_id if isinstance(agent_id, str) else "",
+        name=_label(name, dep_id),
+        status=_label(status, "unknown"),
+        agent_id=_label(agent_id, ""),
         schedule=_schedule_text(data.get("schedule")),
         paused_reason=paused_reason,
         consecutive_failures=failures
         if isinstance(failures, int) and not isinstance(failures, bool) and 0 <= failures < 2**53
         else None,
         next_trigger_at=_lenient_time(next_trigger),
-        created_at=_lenient_time(created),
+        created_at=created,
     )
 
 

@@ -16,13 +16,17 @@ import tempfile
 import time
 from typing import Any
 
-from .models import TERMINAL
+from .models import MAX_CLOCK_SKEW, STATUSES, TERMINAL, run_error_type, valid_id
 from .sync import DeploymentState, Histogram, RunStore, Tracked
 
 log = logging.getLogger(__name__)
 
 FORMAT = "qoder-exporter-state"
 VERSION = 1
+
+
+# A histogram's sum of run durations: 2**53 runs of a year each is far below it.
+MAX_SUM = 1e30
 
 
 class StateError(Exception):
@@ -52,8 +56,19 @@ def dump(store: RunStore, api_url: str) -> dict[str, Any]:
     }
 
 
-def restore(doc: object, store: RunStore, api_url: str) -> int:
-    """Fill an empty store from a dumped document; StateError if it does not fit."""
+def restore(
+    doc: object,
+    store: RunStore,
+    api_url: str,
+    *,
+    now: float | None = None,
+    max_clock_skew: float = MAX_CLOCK_SKEW,
+) -> int:
+    """Fill an empty store from a dumped document; StateError if it does not fit.
+
+    Every value is checked (type, range, finite, not later than `now` plus the skew): a
+    counter that went negative or a last success "in 2099" would be exported as true.
+    """
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise StateError("not a qoder-exporter state file")
     if doc.get("version") != VERSION:
@@ -64,29 +79,94 @@ def restore(doc: object, store: RunStore, api_url: str) -> int:
     same_buckets = doc.get("buckets") == list(store.buckets)
     if not same_buckets:
         log.warning("duration_buckets changed: run-duration histograms start again from zero")
+    check = _Checker((time.time() if now is None else now) + max_clock_skew)
+    deployments = doc.get("deployments")
+    if not isinstance(deployments, dict):
+        raise StateError("malformed state: deployments: expected an object")
     restored: dict[str, DeploymentState] = {}
-    try:
-        for dep_id, d in doc["deployments"].items():
-            st = DeploymentState(floor=float(d["floor"]))
-            for rid, (created, status, accounted) in d["runs"].items():
-                st.runs[str(rid)] = Tracked(float(created), str(status), bool(accounted))
-            st.totals = {s: int(d["totals"].get(s, 0)) for s in TERMINAL}
-            if same_buckets:
-                for s, h in d["durations"].items():
-                    counts = [int(c) for c in h["counts"]]
-                    if len(counts) != len(store.buckets) + 1:
-                        raise StateError(f"{dep_id}: histogram of {s} has the wrong length")
-                    st.durations[str(s)] = Histogram(counts, float(h["sum"]))
-            st.errors = {str(k): int(v) for k, v in d["errors"].items()}
-            last = d["last_success"]
-            st.last_success = None if last is None else float(last)
-            lf = d["last_finished"]
-            st.last_finished = None if lf is None else (float(lf[0]), str(lf[1]), str(lf[2]))
-            restored[str(dep_id)] = st
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise StateError(f"malformed state: {type(exc).__name__}: {exc}") from None
+    for dep_id, d in deployments.items():
+        try:
+            check.id(dep_id, "deployment id")
+            restored[dep_id] = _restore_one(d, len(store.buckets) if same_buckets else None, check)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise StateError(f"malformed state: {dep_id}: {type(exc).__name__}") from None
+        except StateError as exc:
+            raise StateError(f"malformed state: {dep_id}: {exc}") from None
     store.deployments.update(restored)
     return len(restored)
+
+
+def _restore_one(d: Any, buckets: int | None, check: _Checker) -> DeploymentState:
+    """One deployment's state; `buckets` is None when histograms start again."""
+    if not isinstance(d, dict):
+        raise StateError("expected an object")
+    st = DeploymentState(floor=check.time(d["floor"], "floor"))
+    for rid, entry in check.mapping(d["runs"], "runs").items():
+        check.id(rid, "run id")
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise StateError(f"run {rid}: expected [created_at, status, accounted]")
+        created, status, accounted = entry
+        if status not in STATUSES or not isinstance(accounted, bool):
+            raise StateError(f"run {rid}: bad status or accounted flag")
+        st.runs[rid] = Tracked(check.time(created, "run created_at"), status, accounted)
+    totals = check.mapping(d["totals"], "totals")
+    st.totals = {s: check.count(totals.get(s, 0), "totals") for s in TERMINAL}
+    durations = check.mapping(d["durations"], "durations")
+    if buckets is not None:
+        for s, h in durations.items():
+            if s not in TERMINAL or not isinstance(h, dict) or not isinstance(h["counts"], list):
+                raise StateError(f"histogram of {s!r}: malformed")
+            counts = [check.count(c, "histogram count") for c in h["counts"]]
+            if len(counts) != buckets + 1:
+                raise StateError(f"histogram of {s} has the wrong length")
+            total = h["sum"]
+            if not _number(total) or not 0 <= total <= MAX_SUM:
+                raise StateError(f"histogram of {s}: sum is not a number from 0 to {MAX_SUM:g}")
+            st.durations[s] = Histogram(counts, float(total))
+    for key, value in check.mapping(d["errors"], "errors").items():
+        # Keys become label values: the same bounded set as fresh runs' error types.
+        label = run_error_type(key)
+        st.errors[label] = st.errors.get(label, 0) + check.count(value, "errors")
+    last = d["last_success"]
+    st.last_success = None if last is None else check.time(last, "last_success")
+    lf = d["last_finished"]
+    if lf is not None:
+        if not isinstance(lf, list) or len(lf) != 3 or lf[2] not in TERMINAL:
+            raise StateError("last_finished: expected [created_at, id, terminal status]")
+        check.id(lf[1], "last_finished id")
+        st.last_finished = (check.time(lf[0], "last_finished"), lf[1], lf[2])
+    return st
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _Checker:
+    """The checks of restored values; each raises StateError naming the value."""
+
+    def __init__(self, latest: float) -> None:
+        self.latest = latest
+
+    def time(self, value: object, what: str) -> float:
+        # float() of a 400-digit integer raises OverflowError; test the range first.
+        if not _number(value) or not 0 <= value <= self.latest:  # type: ignore[operator]
+            raise StateError(f"{what}: not a time from 1970 to now")
+        return float(value)  # type: ignore[arg-type]
+
+    def count(self, value: object, what: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
+            raise StateError(f"{what}: not a count from 0 to 2**53")
+        return value
+
+    def id(self, value: object, what: str) -> None:
+        if not valid_id(value):
+            raise StateError(f"{what}: not an id")
+
+    def mapping(self, value: object, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise StateError(f"{what}: expected an object")
+        return value
 
 
 def save(store: RunStore, path: str, api_url: str) -> None:
@@ -111,25 +191,53 @@ def save(store: RunStore, path: str, api_url: str) -> None:
         os.close(dir_fd)
 
 
-def load(store: RunStore, path: str, api_url: str) -> bool:
-    """Restore from path if it exists; a bad file is logged and moved aside. True if restored."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        log.info("no state file at %s: starting fresh", path)
-        return False
+def load(
+    store: RunStore,
+    path: str,
+    api_url: str,
+    *,
+    now: float | None = None,
+    max_clock_skew: float = MAX_CLOCK_SKEW,
+) -> bool:
+    """Restore from path if it exists; a bad file is logged and moved aside. True if restored.
+
+    Whatever the file holds, start-up goes on: at worst fresh, with the file kept aside.
+    """
     try:
         try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except FileNotFoundError:
+            log.info("no state file at %s: starting fresh", path)
+            return False
+        except OSError as exc:
+            # A directory, an unreadable file, an I/O error.
+            raise StateError(f"cannot read: {type(exc).__name__}") from None
+        try:
             doc = json.loads(raw)
-        except ValueError as exc:
-            raise StateError(f"not JSON: {exc}") from None
-        count = restore(doc, store, api_url)
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: nested thousands deep; ValueError includes bad UTF-8 and
+            # integers past Python's digit limit.
+            raise StateError(f"not JSON we can read: {type(exc).__name__}") from None
+        count = restore(doc, store, api_url, now=now, max_clock_skew=max_clock_skew)
     except StateError as exc:
-        aside = f"{path}.rejected-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        os.replace(path, aside)
         store.deployments.clear()
-        log.error("state file %s rejected (%s); moved to %s, starting fresh", path, exc, aside)
+        _move_aside(path, str(exc))
         return False
     log.info("restored state of %d deployments from %s", count, path)
     return True
+
+
+def _move_aside(path: str, reason: str) -> None:
+    aside = f"{path}.rejected-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        log.error(
+            "state file %s rejected (%s) and could not be moved aside (%s): starting fresh",
+            path,
+            reason,
+            exc.strerror or type(exc).__name__,
+        )
+        return
+    log.error("state file %s rejected (%s); moved to %s, starting fresh", path, reason, aside)

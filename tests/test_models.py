@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from qoder_exporter.models import (
+    MAX_LABEL_LENGTH,
     STATUSES,
     ParseError,
+    clean_text,
     parse_deployment,
     parse_run,
     parse_timestamp,
@@ -185,3 +187,101 @@ def test_minimal_deployment_and_g2_string_metadata() -> None:
 def test_deployment_without_id_is_rejected() -> None:
     with pytest.raises(ParseError, match=r"deployment\.id"):
         parse_deployment({"name": "x"})
+
+
+# --- hostile values (issue 15) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "dep_x/../../../../admin/keys",
+        "dep_y?after_id=1",
+        "dep_z#frag",
+        "dep %20",
+        "d\ud800",
+        "x" * 129,
+    ],
+)
+def test_ids_that_do_not_fit_a_path_segment_are_rejected(bad_id: str) -> None:
+    with pytest.raises(ParseError, match=r"deployment\.id"):
+        parse_deployment({"id": bad_id})
+    with pytest.raises(ParseError, match=r"run\.deployment_id"):
+        parse_run({**G1_COMPLETED, "deployment_id": bad_id})
+    with pytest.raises(ParseError, match=r"run\.id"):
+        parse_run({**G1_COMPLETED, "id": bad_id})
+
+
+def test_lone_surrogates_become_replacement_characters() -> None:
+    # json.loads reads "\\ud800" into a str that cannot be encoded as UTF-8.
+    raw = json.loads(
+        '{"id": "dep_1", "name": "a\\ud800b", "status": "act\\udfffive",'
+        ' "agent": {"id": "ag\\ud800"}, "paused_reason": {"type": "\\ud800"},'
+        ' "schedule": {"expression": "0 * * * *", "timezone": "\\ud800"}}'
+    )
+    dep = parse_deployment(raw)
+    for value in (dep.name, dep.status, dep.agent_id, dep.paused_reason, dep.schedule):
+        assert value is not None
+        value.encode("utf-8")  # raised UnicodeEncodeError before
+    assert dep.name.startswith("a") and dep.name.endswith("b") and "\ufffd" in dep.name
+    assert clean_text("plain") == "plain"
+
+
+def test_label_values_from_the_api_are_capped() -> None:
+    long = "x" * 10_000
+    dep = parse_deployment(
+        {
+            "id": "dep_1",
+            "name": long,
+            "status": long,
+            "agent": {"id": long},
+            "paused_reason": {"type": long},
+            "schedule": {"expression": long, "timezone": long},
+        }
+    )
+    for value in (dep.name, dep.status, dep.agent_id, dep.paused_reason, dep.schedule):
+        assert value is not None and len(value) <= MAX_LABEL_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("raw", "label"),
+    [
+        ("environment_archived_error", "environment_archived_error"),
+        ("session_rate_limited_error", "session_rate_limited_error"),
+        ("unknown_error", "unknown_error"),
+        ("brand_new_error", "other"),
+        ("x" * 10_000, "other"),
+        ("a\ud800", "other"),
+        ("", "unknown_error"),
+        (None, "unknown_error"),
+        (7, "unknown_error"),
+    ],
+)
+def test_run_error_types_are_a_bounded_set(raw: object, label: str) -> None:
+    run = parse_run({**G2_FAILED, "error": {"type": raw, "message": "m"}})
+    assert run.error_type == label
+
+
+@pytest.mark.parametrize(
+    ("raw", "label"),
+    [("manual", "manual"), ("schedule", "schedule"), ("retry", "retry"), ("x" * 999, "other")],
+)
+def test_trigger_types_are_a_bounded_set(raw: str, label: str) -> None:
+    run = parse_run({**G1_COMPLETED, "trigger_context": {"type": raw}})
+    assert run.trigger == label
+
+
+@pytest.mark.parametrize("field", ["created_at", "completed_at"])
+def test_times_beyond_the_api_clock_are_refused(field: str) -> None:
+    not_after = parse_timestamp("2026-06-14T09:00:00Z")
+    assert parse_run(G1_COMPLETED, not_after=not_after).id == G1_COMPLETED["id"]
+    with pytest.raises(ParseError, match=field):
+        parse_run({**G1_COMPLETED, field: "2099-01-01T00:00:00Z"}, not_after=not_after)
+
+
+def test_a_deployment_created_in_the_future_has_no_creation_time() -> None:
+    doc = {"id": "dep_1", "created_at": "2099-01-01T00:00:00Z"}
+    assert (
+        parse_deployment(doc, not_after=parse_timestamp("2026-06-14T09:00:00Z")).created_at is None
+    )
+    assert parse_deployment(doc).created_at is not None

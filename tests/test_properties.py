@@ -39,6 +39,7 @@ from qoder_exporter.models import (
     Run,
     parse_deployment,
     parse_run,
+    run_error_type,
 )
 from qoder_exporter.poller import Poller
 
@@ -199,7 +200,7 @@ def valid_runs(draw: st.DrawFn) -> tuple[dict[str, Any], Run]:
         error = None
         if status == "failed" and draw(st.booleans()):
             doc["error"] = {"type": error_type, "message": "m"}
-            error = error_type or "unknown_error"
+            error = run_error_type(error_type)  # documented types, else "other"
         else:
             doc["error"] = None
         expected = Run(
@@ -213,7 +214,7 @@ def valid_runs(draw: st.DrawFn) -> tuple[dict[str, Any], Run]:
         else:
             doc["session_id"] = None
             doc["error"] = {"type": error_type, "message": "m"}
-            error = error_type or "unknown_error"
+            error = run_error_type(error_type)  # documented types, else "other"
             expected = Run(run_id, dep_id, created, "failed", None, None, None, error, trigger)
     return doc, expected
 
