@@ -26,6 +26,7 @@ import requests
 import yaml
 
 from .harness import ROOT, LiveExporter, Prometheus, live_stack, require_tool, run_tool
+from .waiting import eventually
 
 DASHBOARD_PATH = ROOT / "grafana" / "qoder-exporter.json"
 PROVISIONING = ROOT / "grafana" / "provisioning"
@@ -499,12 +500,14 @@ def evaluate(prom: Prometheus, expr: str, instant: bool) -> list[dict[str, Any]]
     return result
 
 
-def eventually(prom: Prometheus, expr: str, instant: bool, deadline: float) -> list[dict[str, Any]]:
-    while True:
-        result = evaluate(prom, expr, instant)
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(1.0)
+def with_data(prom: Prometheus, expr: str, instant: bool, deadline: float) -> list[dict[str, Any]]:
+    """The query's result once it has data; the stack's data deadline is shared by all tests."""
+    return eventually(
+        lambda: evaluate(prom, expr, instant),
+        deadline - time.monotonic(),
+        f"data for {expr}",
+        interval=1.0,
+    )
 
 
 QUERIES = queries(load_dashboard())
@@ -523,7 +526,7 @@ def test_query_runs_and_returns_data(
     if (title, ref) in NO_DATA_ALLOWED:
         evaluate(prom, query, instant)  # still has to be valid PromQL
         return
-    result = eventually(prom, query, instant, deadline)
+    result = with_data(prom, query, instant, deadline)
     assert result, f"{title}/{ref} returned no data:\n{query}"
 
 
@@ -545,11 +548,13 @@ def test_deployment_variable_lists_the_simulators_deployments(
 
 def _label_values(prom: Prometheus, query: str, deadline: float) -> list[str]:
     selector, label = label_values_metric(substitute(query))
-    while True:
-        values: list[str] = prom.api(f"label/{label}/values", **{"match[]": selector})
-        if values or time.monotonic() > deadline:
-            return sorted(values)
-        time.sleep(1.0)
+    values: list[str] = eventually(
+        lambda: prom.api(f"label/{label}/values", **{"match[]": selector}),
+        deadline - time.monotonic(),
+        f"values of {label} for {selector}",
+        interval=1.0,
+    )
+    return sorted(values)
 
 
 def grafana_regex_escape(value: str) -> str:
@@ -564,7 +569,7 @@ def test_selecting_one_deployment_narrows_every_panel(
     exporter, prom, deadline = stack
     chosen = exporter.sim.spec(exporter.sim.deployment_ids()[0]).name
     pattern = grafana_regex_escape(chosen)
-    watched = eventually(
+    watched = with_data(
         prom,
         substitute(
             next(e for t, _, e, _ in QUERIES if t == "Deployments watched"),
