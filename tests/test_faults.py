@@ -250,6 +250,7 @@ def test_rate_limit_storm_backs_off(
         per_cycle.append(sim.total_requests() - before)
         answered_limit.append(sim.faults.delivered[kind] - limited)
         assert len(per_cycle) < 100, "the storm never ended"
+    assert not poller.snapshot.up, "the last cycle was answered with a rate limit"
     during = sum(per_cycle)
     probes = [i for i, n in enumerate(per_cycle) if n]
     # Cycles inside the pause send nothing: probes are >= Retry-After apart. An HTTP date is
