@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,6 +17,8 @@ from qoder_exporter.simulator import Simulator
 
 from .conftest import TOKEN, announced_port
 from .waiting import eventually
+
+pytestmark = pytest.mark.system  # see [tool.pytest.ini_options] markers
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -513,6 +513,7 @@ def with_data(prom: Prometheus, expr: str, instant: bool, deadline: float) -> li
 QUERIES = queries(load_dashboard())
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("title", "ref", "expr", "instant"),
     QUERIES,
@@ -535,6 +536,7 @@ def test_no_data_allow_list_is_current() -> None:
     assert present >= NO_DATA_ALLOWED, NO_DATA_ALLOWED - present
 
 
+@pytest.mark.system
 def test_deployment_variable_lists_the_simulators_deployments(
     stack: tuple[LiveExporter, Prometheus, float],
 ) -> None:
@@ -562,6 +564,7 @@ def grafana_regex_escape(value: str) -> str:
     return re.sub(r"([\\^$*+?.()|{}\[\]])", r"\\\\\1", value)
 
 
+@pytest.mark.system
 def test_selecting_one_deployment_narrows_every_panel(
     stack: tuple[LiveExporter, Prometheus, float],
 ) -> None:
@@ -632,6 +635,7 @@ def test_compose_services_and_mounts_exist() -> None:
     assert "7637:7637" in exporter["ports"]
 
 
+@pytest.mark.system
 def test_compose_prometheus_gets_its_config_and_the_bundled_rules() -> None:
     service = _compose()["services"]["prometheus"]
     mounts = _mounts(service)
@@ -689,6 +693,7 @@ def _compose_command() -> list[str] | None:
     return [legacy] if legacy else None
 
 
+@pytest.mark.system
 def test_docker_compose_config_is_valid() -> None:
     command = _compose_command()
     if command is None:

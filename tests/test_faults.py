@@ -47,6 +47,8 @@ from .truth import (
 )
 from .waiting import eventually
 
+pytestmark = pytest.mark.system  # see [tool.pytest.ini_options] markers
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

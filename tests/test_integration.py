@@ -13,6 +13,8 @@ from qoder_exporter.simulator import Simulator
 from .conftest import TOKEN, make_config
 from .truth import DAY, STEP, assert_matches_truth, run_for
 
+pytestmark = pytest.mark.system  # see [tool.pytest.ini_options] markers
+
 
 @pytest.mark.parametrize(
     ("discover", "shape", "page_size"),

@@ -29,6 +29,8 @@ from .conftest import TOKEN, make_config
 from .truth import STEP, assert_matches_truth, run_for
 from .waiting import eventually
 
+pytestmark = pytest.mark.system  # see [tool.pytest.ini_options] markers
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

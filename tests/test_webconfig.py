@@ -628,6 +628,7 @@ def _exporter(*args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.system
 def test_bad_web_config_file_stops_the_exporter_at_start(tmp_path: Path) -> None:
     path = tmp_path / "web.yml"
     path.write_text("tls_server_config:\n  min_version: TLS10\n")
@@ -642,6 +643,7 @@ def test_bad_web_config_file_stops_the_exporter_at_start(tmp_path: Path) -> None
     assert "Traceback" not in stderr
 
 
+@pytest.mark.system
 def test_exporter_serves_https_with_basic_auth(pki: Pki, tmp_path: Path) -> None:
     path = tmp_path / "web.yml"
     path.write_text(tls_yaml(pki) + users_yaml(alice=ALICE_HASH))
