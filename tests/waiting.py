@@ -46,4 +46,4 @@ def eventually(
         seen = f"last raised {type(error).__name__}: {error}"
     else:
         seen = f"last value {last!r}"
-    raise AssertionError(f"not within {timeout:.0f}s: {what}\n({seen})") from error
+    raise AssertionError(f"not within {timeout:.3g}s: {what}\n({seen})") from error
