@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,6 +12,8 @@ import pytest
 from qoder_exporter.config import Config, config_from_dict
 from qoder_exporter.poller import Poller
 from qoder_exporter.simulator import Simulator
+
+from .waiting import eventually
 
 TOKEN = "pt-test-SECRET-7f3a9c"
 
@@ -72,12 +73,17 @@ def poller_for(sim: Simulator) -> Iterator[Callable[..., Poller]]:
 def announced_port(proc: subprocess.Popen[str], timeout: float = 30) -> int:
     """The port an exporter process logs ("listening on http(s)://host:port/metrics")."""
     assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        match = re.search(r"listening on https?://[^:]+:(\d+)/metrics", line)
-        if match:
-            return int(match.group(1))
+    stderr = proc.stderr
+    said: list[str] = []
+
+    def port() -> int | None:
+        line = stderr.readline()
+        said.append(line)
         if not line and proc.poll() is not None:
-            break
-    raise AssertionError("the exporter never announced its address")
+            pytest.fail(f"the exporter exited ({proc.returncode}):\n{''.join(said)}")
+        match = re.search(r"listening on https?://[^:]+:(\d+)/metrics", line)
+        return int(match.group(1)) if match else None
+
+    return eventually(
+        port, timeout, lambda: f"the exporter announced its address:\n{''.join(said)}", interval=0
+    )

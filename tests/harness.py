@@ -29,6 +29,7 @@ from qoder_exporter.server import ExporterServer
 from qoder_exporter.simulator import ManualClock, Simulator
 
 from .conftest import TOKEN, make_config
+from .waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = [ROOT / "prometheus" / n for n in ("rules.yml", "thresholds.yml", "alerts.yml")]
@@ -141,20 +142,19 @@ class Prometheus:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.close()  # not left running when it never got ready
+            raise
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited:\n{self.logs()}")
-            try:
-                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"prometheus not ready after {timeout}s:\n{self.logs()}")
+                pytest.fail(f"prometheus exited:\n{self.logs()}")
+            return requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+
+        eventually(ready, timeout, lambda: f"prometheus is ready:\n{self.logs()}")
 
     def logs(self) -> str:
         self.log.flush()
@@ -172,13 +172,13 @@ class Prometheus:
         return result
 
     def wait_for(self, expr: str, timeout: float = 30.0) -> list[dict[str, Any]]:
-        """Poll an instant query until it returns a non-empty vector."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = self.query(expr)
-            if result or time.monotonic() > deadline:
-                return result
-            time.sleep(0.5)
+        """Poll an instant query until it returns a non-empty vector; fail if it never does."""
+        return eventually(
+            lambda: self.query(expr),
+            timeout,
+            lambda: f"{expr} returns data; prometheus logged:\n{self.logs()}",
+            interval=0.5,
+        )
 
     def close(self) -> None:
         self.proc.terminate()

@@ -18,6 +18,8 @@ from bench.naive import NaivePoller
 from qoder_exporter.models import STATUSES
 from qoder_exporter.simulator import Simulator
 
+pytestmark = pytest.mark.system  # see [tool.pytest.ini_options] markers
+
 
 def test_helpers() -> None:
     assert percentile([3.0], 99) == 3.0

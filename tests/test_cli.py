@@ -6,9 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,6 +16,9 @@ from qoder_exporter.cli import parse_listen
 from qoder_exporter.simulator import Simulator
 
 from .conftest import TOKEN, announced_port
+from .waiting import eventually
+
+pytestmark = pytest.mark.system  # see [tool.pytest.ini_options] markers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,13 +110,12 @@ def test_demo_serves_live_metrics_and_stops_on_sigterm() -> None:
     )
     try:
         port = announced_port(proc)
-        deadline = time.monotonic() + 30
-        body = ""
-        while time.monotonic() < deadline:
-            body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            if "qoder_up 1.0" in body:
-                break
-            time.sleep(0.2)
+
+        def up() -> str | None:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            return text if "qoder_up 1.0" in text else None
+
+        body = eventually(up, 30, "the demo serves qoder_up 1.0")
         families = {f.name: f for f in text_string_to_metric_families(body)}
         assert families["qoder_up"].samples[0].value == 1.0
         recent = sum(s.value for s in families["qoder_deployment_recent_runs"].samples)

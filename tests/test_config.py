@@ -892,6 +892,7 @@ _env = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.system
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=st.one_of(_any, _shaped), env=_env)
 def test_any_document_gives_a_config_or_a_config_error_naming_key_paths(

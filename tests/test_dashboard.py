@@ -26,6 +26,7 @@ import requests
 import yaml
 
 from .harness import ROOT, LiveExporter, Prometheus, live_stack, require_tool, run_tool
+from .waiting import eventually
 
 DASHBOARD_PATH = ROOT / "grafana" / "qoder-exporter.json"
 PROVISIONING = ROOT / "grafana" / "provisioning"
@@ -499,17 +500,20 @@ def evaluate(prom: Prometheus, expr: str, instant: bool) -> list[dict[str, Any]]
     return result
 
 
-def eventually(prom: Prometheus, expr: str, instant: bool, deadline: float) -> list[dict[str, Any]]:
-    while True:
-        result = evaluate(prom, expr, instant)
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(1.0)
+def with_data(prom: Prometheus, expr: str, instant: bool, deadline: float) -> list[dict[str, Any]]:
+    """The query's result once it has data; the stack's data deadline is shared by all tests."""
+    return eventually(
+        lambda: evaluate(prom, expr, instant),
+        deadline - time.monotonic(),
+        f"data for {expr}",
+        interval=1.0,
+    )
 
 
 QUERIES = queries(load_dashboard())
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("title", "ref", "expr", "instant"),
     QUERIES,
@@ -523,7 +527,7 @@ def test_query_runs_and_returns_data(
     if (title, ref) in NO_DATA_ALLOWED:
         evaluate(prom, query, instant)  # still has to be valid PromQL
         return
-    result = eventually(prom, query, instant, deadline)
+    result = with_data(prom, query, instant, deadline)
     assert result, f"{title}/{ref} returned no data:\n{query}"
 
 
@@ -532,6 +536,7 @@ def test_no_data_allow_list_is_current() -> None:
     assert present >= NO_DATA_ALLOWED, NO_DATA_ALLOWED - present
 
 
+@pytest.mark.system
 def test_deployment_variable_lists_the_simulators_deployments(
     stack: tuple[LiveExporter, Prometheus, float],
 ) -> None:
@@ -545,11 +550,13 @@ def test_deployment_variable_lists_the_simulators_deployments(
 
 def _label_values(prom: Prometheus, query: str, deadline: float) -> list[str]:
     selector, label = label_values_metric(substitute(query))
-    while True:
-        values: list[str] = prom.api(f"label/{label}/values", **{"match[]": selector})
-        if values or time.monotonic() > deadline:
-            return sorted(values)
-        time.sleep(1.0)
+    values: list[str] = eventually(
+        lambda: prom.api(f"label/{label}/values", **{"match[]": selector}),
+        deadline - time.monotonic(),
+        f"values of {label} for {selector}",
+        interval=1.0,
+    )
+    return sorted(values)
 
 
 def grafana_regex_escape(value: str) -> str:
@@ -557,6 +564,7 @@ def grafana_regex_escape(value: str) -> str:
     return re.sub(r"([\\^$*+?.()|{}\[\]])", r"\\\\\1", value)
 
 
+@pytest.mark.system
 def test_selecting_one_deployment_narrows_every_panel(
     stack: tuple[LiveExporter, Prometheus, float],
 ) -> None:
@@ -564,7 +572,7 @@ def test_selecting_one_deployment_narrows_every_panel(
     exporter, prom, deadline = stack
     chosen = exporter.sim.spec(exporter.sim.deployment_ids()[0]).name
     pattern = grafana_regex_escape(chosen)
-    watched = eventually(
+    watched = with_data(
         prom,
         substitute(
             next(e for t, _, e, _ in QUERIES if t == "Deployments watched"),
@@ -627,6 +635,7 @@ def test_compose_services_and_mounts_exist() -> None:
     assert "7637:7637" in exporter["ports"]
 
 
+@pytest.mark.system
 def test_compose_prometheus_gets_its_config_and_the_bundled_rules() -> None:
     service = _compose()["services"]["prometheus"]
     mounts = _mounts(service)
@@ -684,6 +693,7 @@ def _compose_command() -> list[str] | None:
     return [legacy] if legacy else None
 
 
+@pytest.mark.system
 def test_docker_compose_config_is_valid() -> None:
     command = _compose_command()
     if command is None:

@@ -26,9 +26,12 @@ from qoder_exporter import __version__
 from qoder_exporter.simulator import ManualClock, Simulator
 
 from .conftest import TOKEN
+from .waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "qoder-exporter:test"
+pytestmark = pytest.mark.system
+
 LOCAL_BASE = "qoder-base:bookworm"  # built by scripts/ci-docker
 CONFIG_PATH = "/etc/qoder-exporter/config.yml"
 SECRET_PATH = "/run/secrets/qoder_pat"
@@ -83,15 +86,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], bool], describe: Callable[[], str]) -> None:
-    """Poll `check` until it holds or the deadline passes; fail with `describe()` then."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {DEADLINE_S:.0f}s\n{describe()}")
-        time.sleep(0.2)
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -166,7 +160,7 @@ class Container:
             body = self.metrics()
             return bool(body) and value(body, "qoder_up") == 1
 
-        wait_for(f"{self.name}: qoder_up 1", up, self.logs)
+        eventually(up, DEADLINE_S, lambda: f"{self.name}: qoder_up 1\n{self.logs()}")
         return body
 
 
@@ -290,8 +284,10 @@ def test_docker_health_turns_healthy(exporter: Container) -> None:
     def healthy() -> bool:
         return bool(exporter.inspect()["State"]["Health"]["Status"] == "healthy")
 
-    wait_for(
-        "docker health status healthy", healthy, lambda: json.dumps(exporter.inspect()["State"])
+    eventually(
+        healthy,
+        DEADLINE_S,
+        lambda: f"docker health status healthy\n{json.dumps(exporter.inspect()['State'])}",
     )
 
 

@@ -45,6 +45,9 @@ from .truth import (
     assert_matches_truth,
     run_for,
 )
+from .waiting import eventually
+
+pytestmark = pytest.mark.system  # see [tool.pytest.ini_options] markers
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -179,17 +182,13 @@ def test_api_slower_than_the_read_timeout(
     # Every request slower than the timeout for one cycle: the poll fails in bounded time.
     sim.faults.latency_s = 3 * timeout
     sim.advance(STEP)
-    began = time.monotonic()
+    sim.reset_counts()
     assert not poller.poll_once()
-    elapsed = time.monotonic() - began
     sim.faults.latency_s = 0.0
+    # The bound, in requests (each gives up at the read timeout, so this bounds the time):
+    # the metadata refresh and one list_runs per deployment, each tried max_retries + 1 times.
     attempts = poller.config.api.max_retries + 1
-    waves = math.ceil(len(sim.deployment_ids()) / poller.config.concurrency)
-    # The bound: the metadata refresh, then ceil(deployments / concurrency) waves of list_runs,
-    # each (max_retries + 1) read timeouts long; never the API's own (unbounded) slowness.
-    bound = (1 + waves) * attempts * timeout
-    print(f"a poll with every answer slower than the timeout took {elapsed:.2f}s (bound {bound}s)")
-    assert elapsed < bound + 2.0, elapsed
+    assert sim.total_requests() <= (1 + len(sim.deployment_ids())) * attempts, sim.request_counts
     # Then bursts of single slow answers: the retry absorbs one, two fail that deployment.
     for count, endpoint in ((2, "list_runs"), (1, "list_runs"), (1, "get_run_global")):
         sim.faults.inject("slow", count=count, endpoint=endpoint, retry_after=str(3 * timeout))
@@ -253,6 +252,7 @@ def test_rate_limit_storm_backs_off(
         per_cycle.append(sim.total_requests() - before)
         answered_limit.append(sim.faults.delivered[kind] - limited)
         assert len(per_cycle) < 100, "the storm never ended"
+    assert not poller.snapshot.up, "the last cycle was answered with a rate limit"
     during = sum(per_cycle)
     probes = [i for i, n in enumerate(per_cycle) if n]
     # Cycles inside the pause send nothing: probes are >= Retry-After apart. An HTTP date is
@@ -570,7 +570,8 @@ def test_both_clocks_jump_forward_hours(sim: Simulator, poller_for: Callable[...
 # ---------------------------------------------------------------- concurrent scrapes
 
 
-SCRAPE_SECONDS = 30.0
+SWAPS = 30  # the test stops after this many snapshot swaps
+SCRAPES_PER_VARIANT = 10
 SCRAPERS = 8
 VARIANTS = (
     # (OpenMetrics, gzip)
@@ -663,7 +664,7 @@ def _check_body(text: str, openmetrics: bool) -> dict[tuple[str, frozenset[Any]]
 
 
 def test_concurrent_scrapes_during_snapshot_swaps() -> None:
-    exporter = LiveExporter(step_s=60.0)  # ten simulated hours over the test's 30 s
+    exporter = LiveExporter(step_s=60.0)  # a simulated minute per swap
     host, port = exporter.url.removeprefix("http://").split(":")
     stop = threading.Event()
     done = Counter[tuple[bool, bool]]()
@@ -717,25 +718,27 @@ def test_concurrent_scrapes_during_snapshot_swaps() -> None:
             conn.close()
 
     polls_before = exporter.poller.polls_done()
+
+    def enough() -> bool:
+        swaps = exporter.poller.polls_done() - polls_before
+        with lock:
+            scraped = min(done[v] for v in VARIANTS)
+        return stop.is_set() or (swaps >= SWAPS and scraped >= SCRAPES_PER_VARIANT)
+
     try:
         exporter.drive(every_s=0.02)
         threads = [threading.Thread(target=scraper, args=(i,)) for i in range(SCRAPERS)]
         for t in threads:
             t.start()
-        stop.wait(SCRAPE_SECONDS)
-        stop.set()
-        for t in threads:
-            t.join(timeout=15)
+        try:
+            eventually(enough, 300, lambda: f"{SWAPS} swaps and scrapes of every kind: {done}")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=15)
         swaps = exporter.poller.polls_done() - polls_before
     finally:
         exporter.close()
     assert not failures, failures
-    scrapes = sum(done.values())
-    print(
-        f"{SCRAPERS} scrapers for {SCRAPE_SECONDS:.0f}s: {scrapes} scrapes "
-        f"({scrapes / SCRAPE_SECONDS:.0f}/s), {swaps} snapshot swaps; by (openmetrics, gzip): "
-        f"{dict(done)}"
-    )
-    assert all(done[v] > 0 for v in VARIANTS), done
-    assert swaps > 30
-    assert scrapes > 500
+    print(f"{SCRAPERS} scrapers, {swaps} snapshot swaps; by (openmetrics, gzip): {dict(done)}")
+    assert all(done[v] >= SCRAPES_PER_VARIANT for v in VARIANTS), done

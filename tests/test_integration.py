@@ -13,6 +13,8 @@ from qoder_exporter.simulator import Simulator
 from .conftest import TOKEN, make_config
 from .truth import DAY, STEP, assert_matches_truth, run_for
 
+pytestmark = pytest.mark.system  # see [tool.pytest.ini_options] markers
+
 
 @pytest.mark.parametrize(
     ("discover", "shape", "page_size"),
@@ -94,92 +96,6 @@ def test_discover_quiet_cycle_uses_the_feed(
     counts = sim.request_counts
     assert counts.get("list_all_runs", 0) == 1
     assert counts.get("list_runs", 0) == 0
-
-
-def test_api_down_mid_run_loses_and_doubles_nothing(
-    sim: Simulator, poller_for: Callable[..., Poller]
-) -> None:
-    poller = poller_for()
-    started = sim.clock.now()
-    poller.poll_once()
-    run_for(sim, poller, 3 * 3600)
-    sim.faults.down = True
-    for _ in range(6):  # half an hour of failed polls while runs keep finishing
-        sim.advance(STEP)
-        assert not poller.poll_once()
-        assert not poller.snapshot.up
-    sim.faults.down = False
-    run_for(sim, poller, 3 * 3600)
-    assert poller.snapshot.up
-    assert_matches_truth(sim, poller, started)
-
-
-@pytest.mark.parametrize(
-    ("kind", "error_type"),
-    [
-        ("500", "api_error"),  # the API's own envelope
-        ("502", "http_error"),  # a gateway's HTML page: no envelope
-        ("malformed", "invalid_response"),
-        ("truncated", "invalid_response"),
-        ("reset", "connection"),
-    ],
-)
-def test_transient_faults_are_counted_and_nothing_is_lost(
-    sim: Simulator, poller_for: Callable[..., Poller], kind: str, error_type: str
-) -> None:
-    poller = poller_for()
-    started = sim.clock.now()
-    poller.poll_once()
-    for _ in range(12):
-        sim.faults.inject(kind, count=3, endpoint="list_runs")
-        run_for(sim, poller, STEP)
-    run_for(sim, poller, 3600)
-    assert_matches_truth(sim, poller, started)
-    errors = poller.snapshot.api_errors
-    assert errors.get(("list_runs", error_type), 0) >= 12, errors
-    assert set(errors) == {("list_runs", error_type)}, "only the injected faults are counted"
-
-
-def test_rate_limit_backs_off_without_losing_runs(
-    sim: Simulator, poller_for: Callable[..., Poller]
-) -> None:
-    poller = poller_for()
-    started = sim.clock.now()
-    poller.poll_once()
-    sim.faults.inject("429", count=10, retry_after="120")
-    sim.reset_counts()
-    run_for(sim, poller, 10 * STEP)
-    # Backing off means one probing request per cycle while the storm lasts, not one per
-    # deployment: 10 cycles, 10 answers of 429.
-    assert sim.total_requests() == 10
-    assert poller.snapshot.rate_limited == 10
-    assert not poller.snapshot.up
-    run_for(sim, poller, 2 * 3600)
-    assert poller.snapshot.up
-    assert_matches_truth(sim, poller, started)
-
-
-def test_deleted_deployment_drops_its_series_while_others_go_on(
-    sim: Simulator, poller_for: Callable[..., Poller]
-) -> None:
-    poller = poller_for()
-    poller.poll_once()
-    victim = sim.deployment_ids()[0]
-    sim.delete_deployment(victim)
-    run_for(sim, poller, 3600)
-    ids = {v.id for v in poller.snapshot.deployments}
-    assert victim not in ids
-    assert ids == set(sim.deployment_ids())
-    assert poller.snapshot.up
-
-
-def test_revoked_token_sets_up_to_zero(sim: Simulator, poller_for: Callable[..., Poller]) -> None:
-    poller = poller_for()
-    assert poller.poll_once()
-    sim.faults.revoke_after = 0
-    sim.advance(STEP)
-    assert not poller.poll_once()
-    assert "authentication_error" in (poller.snapshot.last_error or "")
 
 
 def test_new_deployment_is_discovered_and_counted_from_its_first_run(

@@ -31,6 +31,8 @@ from qoder_exporter.snapshot import DeploymentView, Snapshot
 
 from .harness import LiveExporter, require_tool
 
+pytestmark = pytest.mark.system
+
 TIMEOUT_S = 30.0
 
 

@@ -27,6 +27,9 @@ from qoder_exporter.sync import RunStore
 
 from .conftest import TOKEN, make_config
 from .truth import STEP, assert_matches_truth, run_for
+from .waiting import eventually
+
+pytestmark = pytest.mark.system  # see [tool.pytest.ini_options] markers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -278,14 +281,11 @@ def test_sigterm_saves_state_and_exits_within_seconds(live_sim: Simulator, tmp_p
     write_config(config, live_sim, f"state_file: {state_path}\n")
     proc = Process(config)
     try:
-        deadline = time.monotonic() + 20
-        while proc.metrics().get("qoder_up") != 1.0 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        eventually(lambda: proc.metrics().get("qoder_up") == 1.0, 20, "qoder_up 1")
         state_path.unlink(missing_ok=True)
     finally:
-        code, took = proc.stop()
-    assert code == 0
-    assert took < 5, f"shutdown took {took:.1f}s"
+        code, _ = proc.stop()
+    assert code == 0  # within stop()'s deadline: a shutdown that hangs fails there
     assert json.loads(state_path.read_text())["format"] == state.FORMAT, "saved at shutdown"
     assert TOKEN not in "".join(proc.lines)
 
@@ -302,13 +302,9 @@ def test_sighup_and_post_reload_apply_good_configs_and_reject_bad_ones(
         config.write_text(config.read_text() + "poll_intervall: 5s\n")  # a typo
         proc.proc.send_signal(signal.SIGHUP)
         proc.wait_for(r"config reload rejected.*poll_intervall")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            m = proc.metrics()
-            if "qoder_exporter_config_last_reload_successful" in m:
-                break
-            time.sleep(0.2)
-        assert m["qoder_exporter_config_last_reload_successful"] == 0.0
+        outcome = "qoder_exporter_config_last_reload_successful"
+        eventually(lambda: outcome in proc.metrics(), 10, "the reload's outcome is exported")
+        assert proc.metrics()[outcome] == 0.0
         assert requests.get(f"{proc.url}/-/healthy", timeout=5).status_code == 200, "still up"
 
         r = requests.post(f"{proc.url}/-/reload", timeout=5)
@@ -317,10 +313,11 @@ def test_sighup_and_post_reload_apply_good_configs_and_reject_bad_ones(
         write_config(config, live_sim, "lookback: 2h\n")
         r = requests.post(f"{proc.url}/-/reload", timeout=5)
         assert r.status_code == 200, r.text
-        deadline = time.monotonic() + 10
-        while proc.metrics().get("qoder_exporter_config_last_reload_successful") != 1.0:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        eventually(
+            lambda: proc.metrics().get("qoder_exporter_config_last_reload_successful") == 1.0,
+            10,
+            "config_last_reload_successful 1",
+        )
         assert proc.metrics()["qoder_up"] == 1.0
     finally:
         code, _ = proc.stop()

@@ -18,6 +18,8 @@ from qoder_exporter.simulator import DeploymentSpec, Simulator
 from .conftest import TOKEN, make_config
 from .truth import DAY, assert_matches_truth
 
+pytestmark = pytest.mark.system
+
 LOOKBACK = DAY
 STEP = 1800.0
 DAYS = 7

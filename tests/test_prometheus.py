@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -20,6 +20,9 @@ from .harness import (
     require_tool,
     run_tool,
 )
+from .waiting import eventually
+
+pytestmark = pytest.mark.system
 
 PROM_DIR = ROOT / "prometheus"
 
@@ -100,14 +103,13 @@ def test_series_are_ingested(stack: tuple[LiveExporter, Prometheus]) -> None:
 
 def test_every_rule_evaluates_without_error(stack: tuple[LiveExporter, Prometheus]) -> None:
     _, prom = stack
-    deadline = time.monotonic() + 30
-    while True:
-        groups = prom.api("rules")["groups"]
-        rules = [r for g in groups for r in g["rules"]]
-        evaluated = all(r.get("lastEvaluation", "").startswith("2") for r in rules)
-        if (evaluated and len(rules) > 0) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+
+    def evaluated() -> list[dict[str, Any]]:
+        rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+        done = all(r.get("lastEvaluation", "").startswith("2") for r in rules)
+        return rules if done else []
+
+    rules = eventually(evaluated, 30, "every rule evaluated once", interval=0.5)
     expected = sum(
         len(g["rules"]) for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]
     )
@@ -148,8 +150,8 @@ def test_a_failing_deployment_drives_its_failure_alert(
         and not (spec.stuck or spec.paused or spec.succeeds_until is not None)
     )
     # Two scrapes first, so that increase() has a baseline before the failures.
-    assert prom.wait_for(f'qoder_deployment_runs_total{{deployment_id="{target}"}}')
-    time.sleep(2.5)
+    failed = f'qoder_deployment_runs_total{{deployment_id="{target}", status="failed"}}'
+    prom.wait_for(f"count_over_time({failed}[5m]) >= 2")
     sim.set_failure_rate(target, 1.0)
     for _ in range(3):
         sim.trigger(target)

@@ -43,6 +43,8 @@ from qoder_exporter.models import (
 )
 from qoder_exporter.poller import Poller
 
+pytestmark = pytest.mark.system  # see [tool.pytest.ini_options] markers
+
 # Moderate example counts keep this module well under 30 s; CI gets the same, derandomized
 # (a fixed seed), so a failure there is reproducible.
 settings.register_profile(

@@ -966,6 +966,7 @@ def test_run_lifecycle_over_time(make_sim: Factory, failure_rate: float, outcome
     assert sim.truth_last_finished_status(dep) == outcome
 
 
+@pytest.mark.system
 def test_scheduled_runs_progress_monotonically(fresh: tuple[Simulator, Api]) -> None:
     sim, api = fresh
     rank = {"pending": 0, "running": 1, "completed": 2, "failed": 2}
@@ -1089,6 +1090,7 @@ def test_truth_finished_until_bound(world: World) -> None:
 # ---------------------------------------------------------------- determinism
 
 
+@pytest.mark.system
 def test_same_seed_same_responses(make_sim: Factory) -> None:
     views = []
     for seed in (11, 11, 12):
@@ -1115,6 +1117,7 @@ def _steps(kind: str, total: float) -> list[float]:
     return pieces * int(total // 70)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("kind", ["seconds", "tenths", "thirds", "uneven"])
 def test_stepping_the_clock_in_small_steps_equals_one_jump(make_sim: Factory, kind: str) -> None:
     total = HOUR + 110.0  # a multiple of 70 s
@@ -1432,6 +1435,7 @@ def test_request_counts(fresh: tuple[Simulator, Api]) -> None:
 # ---------------------------------------------------------------- standalone
 
 
+@pytest.mark.system
 def test_runs_standalone_as_a_module() -> None:
     cmd = [sys.executable, "-m", "qoder_exporter.simulator", "--port", "0", "--seed", "1"]
     cmd += ["--deployments", "3", "--token", "pt-standalone", "--shape", "g2"]

@@ -307,28 +307,26 @@ def test_optional_client_certificate_is_checked_when_given(pki: Pki, tmp_path: P
 def test_idle_tcp_clients_do_not_block_a_scrape(pki: Pki, tmp_path: Path) -> None:
     # prometheus_client's TLS server handshakes in the accept loop: there, one silent
     # connection holds every other scrape until it goes away.
-    with serving(tmp_path, tls_yaml(pki)) as server:
+    # The idle clients outlast the scrape's 5 s timeout: a blocked scrape times out.
+    with serving(tmp_path, tls_yaml(pki), handshake_timeout=60) as server:
         idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
         try:
-            start = time.monotonic()
             status, _, _ = request(server, "/metrics", context=client_context(pki), timeout=5)
-            elapsed = time.monotonic() - start
         finally:
             for sock in idle:
                 sock.close()
         assert status == 200
-        assert elapsed < 1.0, f"scrape took {elapsed:.2f}s behind idle connections"
 
 
 def test_handshake_deadline_closes_silent_and_dripping_clients(pki: Pki, tmp_path: Path) -> None:
     with serving(tmp_path, tls_yaml(pki), handshake_timeout=0.5) as server:
         with socket.create_connection(("127.0.0.1", server.port)) as silent:
-            assert 0.3 < wait_closed(silent, timeout=5) < 2.5
+            assert wait_closed(silent, timeout=5) > 0.3
         # A TLS record header announcing 512 bytes, then one byte every 0.1 s: a per-read
         # timeout would never fire; the deadline for the whole handshake does.
         with socket.create_connection(("127.0.0.1", server.port)) as drip:
             drip.sendall(b"\x16\x03\x01\x02\x00")
-            assert 0.3 < wait_closed(drip, timeout=5, drip=b"\x00") < 2.5
+            assert wait_closed(drip, timeout=5, drip=b"\x00") > 0.3
         assert request(server, "/metrics", context=client_context(pki))[0] == 200
 
 
@@ -431,20 +429,26 @@ def test_cache_cannot_be_poisoned_by_fields_running_together(tmp_path: Path) -> 
             assert request(server, "/metrics", headers=basic(user, password))[0] == 401
 
 
-def test_unknown_user_costs_a_bcrypt_check_like_a_known_one(tmp_path: Path) -> None:
+def test_unknown_user_costs_a_bcrypt_check_like_a_known_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=10)).decode()
+    checked: list[bytes] = []  # the hash each bcrypt check ran against
+    checkpw = bcrypt.checkpw
 
-    def seconds(headers: dict[str, str]) -> float:
-        start = time.monotonic()
-        assert request(server, "/metrics", headers=headers)[0] == 401
-        return time.monotonic() - start
+    def counting(password: bytes, against: bytes) -> bool:
+        checked.append(against)
+        return checkpw(password, against)
 
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
     with serving(tmp_path, users_yaml(dave=hashed)) as server:
-        known = min(seconds(basic("dave", "wrong")) for _ in range(3))
-        unknown = min(seconds(basic("nobody", "wrong")) for _ in range(3))
-    # Load only slows a check down; a skipped check would be ~50x faster than a real one.
-    assert known > 0.01
-    assert unknown > known / 2, (known, unknown)
+        assert request(server, "/metrics", headers=basic("dave", "wrong"))[0] == 401
+        assert request(server, "/metrics", headers=basic("nobody", "wrong"))[0] == 401
+    # The same work either way (counted, not timed): one check each, at the same cost.
+    assert len(checked) == 2, checked
+    known, unknown = checked
+    assert known == hashed.encode()
+    assert unknown != known and unknown[:7] == known[:7], "$2b$10$: same algorithm and cost"
 
 
 class _CostRecorder:
@@ -682,6 +686,7 @@ def _exporter(*args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.system
 def test_bad_web_config_file_stops_the_exporter_at_start(tmp_path: Path) -> None:
     path = tmp_path / "web.yml"
     path.write_text("tls_server_config:\n  min_version: TLS10\n")
@@ -696,6 +701,7 @@ def test_bad_web_config_file_stops_the_exporter_at_start(tmp_path: Path) -> None
     assert "Traceback" not in stderr
 
 
+@pytest.mark.system
 def test_exporter_serves_https_with_basic_auth(pki: Pki, tmp_path: Path) -> None:
     path = tmp_path / "web.yml"
     path.write_text(tls_yaml(pki) + users_yaml(alice=ALICE_HASH))
