@@ -58,9 +58,13 @@ def feed_limit(config: Config) -> int:
 class FeedLimit:
     """The page size for the feed and the deployment list, shrunk once on a 400."""
 
-    def __init__(self, config: Config) -> None:
-        self.value = feed_limit(config)
-        self.page_size = config.page_size
+    def __init__(self, value: int, page_size: int) -> None:
+        self.value = value
+        self.page_size = page_size
+
+    @classmethod
+    def for_config(cls, config: Config) -> FeedLimit:
+        return cls(feed_limit(config), config.page_size)
 
     def refused(self, error: BaseException | None) -> bool:
         """True (once) when the API answered 400 to a page larger than page_size."""

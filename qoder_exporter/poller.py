@@ -71,7 +71,7 @@ class Poller:
     def _build_parts(self, config: Config, known: dict[str, Deployment]) -> None:
         """The parts that depend only on the config and the client: rebuilt on reload."""
         count = self.metrics.count_invalid
-        self.limit = FeedLimit(config)
+        self.limit = FeedLimit.for_config(config)
         self.watch = WatchList(config, self.client, self.limit, count, self._drop, known)
         self.feed = FeedReader(self.client, self.backoff, self.limit, count)
         self.reader = DeploymentReader(self.client, self.backoff, config.page_size, count)
