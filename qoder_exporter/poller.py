@@ -9,14 +9,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 
 from . import state
 from .backoff import Backoff, Paused
-from .client import AuthenticationError, PermissionDeniedError, QoderClient, QoderError
+from .client import AuthenticationError, QoderClient, QoderError
 from .config import Config
+from .cycle import Cycle, CycleFailed
 from .feed import FeedLimit, FeedReader
-from .fetched import Fetched
 from .models import Deployment
 from .reader import DeploymentReader
 from .selfmetrics import PollStats, SelfMetrics
@@ -58,7 +58,7 @@ class Poller:
         self.tracker = Tracker(config.duration_buckets, clock())
         self._writer = StateWriter()
         self._token = TokenFile(config.api.token_file)
-        self._executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="qoder-poll")
+        self._executor = _new_executor(config)
         self._pending: Config | None = None
         self._wake = threading.Event()
         self._early_at: float | None = None  # when a reload last cut a wait short
@@ -69,12 +69,22 @@ class Poller:
         self.snapshot = self._build_snapshot()
 
     def _build_parts(self, config: Config, known: dict[str, Deployment]) -> None:
-        """The parts that depend only on the config and the client: rebuilt on reload."""
+        """The parts built from the config (and the client and tracker): new on each reload."""
         count = self.metrics.count_invalid
         self.limit = FeedLimit.for_config(config)
         self.watch = WatchList(config, self.client, self.limit, count, self._drop, known)
         self.feed = FeedReader(self.client, self.backoff, self.limit, count)
         self.reader = DeploymentReader(self.client, self.backoff, config.page_size, count)
+        self.cycle = Cycle(
+            config.discover,
+            self.client,
+            self.backoff,
+            self.tracker,
+            self.watch,
+            self.reader,
+            self.feed,
+            self._executor,
+        )
 
     # --- public ------------------------------------------------------------------------
 
@@ -127,16 +137,16 @@ class Poller:
             self.backoff.check()
             self._token.refresh(self.client, force=False)
             try:
-                self._cycle(now)
+                self.cycle.run(now, first=self.polls_done() == 0)
             except AuthenticationError:
                 # The token file may have been rotated since we last read it: once more.
                 if not self._token.refresh(self.client, force=True):
                     raise
-                self._cycle(now)
+                self.cycle.run(now, first=self.polls_done() == 0)
             reached = True
         except Paused:
             error = "rate limited by the API: backing off"
-        except _CycleFailed as exc:
+        except CycleFailed as exc:
             reached, error = exc.reached, str(exc)
         except QoderError as exc:
             error = str(exc)
@@ -203,13 +213,13 @@ class Poller:
             elif new.duration_buckets != old.duration_buckets:
                 log.warning("duration_buckets changed: run-duration histograms start again")
                 self.store.rebucket(new.duration_buckets)
+            if new.concurrency != old.concurrency:
+                self._executor.shutdown(wait=False)
+                self._executor = _new_executor(new)
             self.config = new
             # Fresh parts; a new watch list refreshes names and deployments at once.
             self._build_parts(new, known)
             self._drop_unwatched()
-        if new.concurrency != old.concurrency:
-            self._executor.shutdown(wait=False)
-            self._executor = ThreadPoolExecutor(new.concurrency, thread_name_prefix="qoder-poll")
         log.info("configuration applied")
 
     def _drop(self, deployment_id: str) -> None:
@@ -218,69 +228,6 @@ class Poller:
     def _drop_unwatched(self) -> None:
         for dep_id in self.watch.unwatched(list(self.store.deployments)):
             self.tracker.drop(dep_id)
-
-    # --- one cycle ---------------------------------------------------------------------
-
-    def _cycle(self, now: float) -> None:
-        self.watch.refresh_if_due(now, self.backoff)
-        watched = self.watch.watched()
-        fresh = [d for d in watched if d not in self.store.deployments]
-        use_feed = self.config.discover and self.polls_done() > 0
-        per_deployment = fresh if use_feed else watched
-        # Plans are taken here, before any worker runs: workers never read the store.
-        plans = {d: self.store.plan(d, now, self.lookback(d)) for d in per_deployment}
-        ok, total = 0, len(per_deployment)
-        failures: list[QoderError] = []
-        if self.backoff.take_probe() and per_deployment:
-            # After a rate limit, one request tells whether it is over. The others start
-            # only once it has answered, so another 429 pauses them before they send.
-            probe, per_deployment = per_deployment[0], per_deployment[1:]
-            ok += self._apply(self.reader.read(probe, plans[probe]), now, failures)
-        # Each deployment is applied as soon as it is read and then let go, so only the
-        # fetches not yet applied hold their pages (a first sync reads the whole window).
-        # as_completed drops each future it has handed out; a list of them kept here would
-        # keep every result, and so every page of a first sync, alive to the end.
-        for future in as_completed(
-            [self._executor.submit(self.reader.read, d, plans[d]) for d in per_deployment]
-        ):
-            ok += self._apply(future.result(), now, failures)
-        if use_feed:
-            rest = [d for d in watched if d not in fresh]
-            feed_plans = {d: self.store.plan(d, now, self.lookback(d)) for d in rest}
-            result = self.feed.read(feed_plans, self.store, now, self.watch.forgotten)
-            if result.unknown_deployment:
-                self.watch.relist()
-            total += len(result.fetched)
-            for fetched in result.fetched:
-                ok += self._apply(fetched, now, failures)
-        for error in failures:
-            if isinstance(error, (AuthenticationError, PermissionDeniedError)):
-                raise error
-        if failures and ok == 0:
-            raise _CycleFailed(str(failures[0]), reached=False)
-        if failures:
-            log.warning(
-                "%d of %d deployments failed to sync: %s", len(failures), total, failures[0]
-            )
-
-    def _apply(self, fetched: Fetched, now: float, failures: list[QoderError]) -> int:
-        """Fold one deployment's fetch into the store: 1 if it synced, else note the error."""
-        # The store's floor (runs below it count as dealt with) must not run ahead of the
-        # API's clock: were ours ahead by more than the lookback, every new run would fall
-        # below it. The API's Date header bounds it (+1 s: the header drops fractions).
-        server_now = self.client.server_now()
-        sync_now = now if server_now is None else min(now, server_now + 1.0)
-        dep_id = fetched.deployment_id
-        with self.tracker.lock:
-            if fetched.deleted:
-                self.watch.forget(dep_id)
-                return 1
-            lookback, info = self.lookback(dep_id), self.watch.info(dep_id)
-            if self.tracker.apply(fetched, sync_now, lookback, info):
-                return 1
-        if fetched.error is not None:
-            failures.append(fetched.error)
-        return 0
 
     def _build_snapshot(self) -> Snapshot:
         with self.tracker.lock:
@@ -296,12 +243,6 @@ class Poller:
             )
 
 
-class _CycleFailed(QoderError):
-    def __init__(self, message: str, *, reached: bool) -> None:
-        super().__init__(message)
-        self.reached = reached
-
-
 def _new_client(config: Config) -> QoderClient:
     return QoderClient(
         config.api.url,
@@ -310,3 +251,7 @@ def _new_client(config: Config) -> QoderClient:
         max_retries=config.api.max_retries,
         requests_per_second=config.api.requests_per_second,
     )
+
+
+def _new_executor(config: Config) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(config.concurrency, thread_name_prefix="qoder-poll")
