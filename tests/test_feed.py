@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from qoder_exporter.backoff import Backoff
-from qoder_exporter.client import APIError, NotFoundError, Page, RateLimitedError
+from qoder_exporter.client import APIError, NotFoundError, Page, QoderClient, RateLimitedError
 from qoder_exporter.feed import FeedLimit, FeedReader
 from qoder_exporter.fetched import Fetched
 from qoder_exporter.models import Run, parse_run
@@ -58,13 +58,8 @@ class FakeFeed:
         self.calls: list[tuple[Any, ...]] = []
 
     def pages(self, fetch: Callable[[str | None], Page]) -> Iterator[Page]:
-        cursor: str | None = None
-        while True:
-            page = fetch(cursor)
-            yield page
-            if not page.has_more or not page.last_id or page.last_id == cursor:
-                return
-            cursor = page.last_id
+        # The client's own cursor-following, not a copy of it.
+        return QoderClient.pages(self, fetch)  # type: ignore[arg-type]
 
     def list_all_runs(
         self, *, limit: int = 100, after_id: str | None = None, status: str | None = None
