@@ -21,7 +21,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from . import __version__
+from . import __version__, logs
 from .config import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_PAGES,
@@ -309,6 +309,8 @@ class QoderClient:
         return self._token
 
     def set_token(self, token: Secret) -> None:
+        # A token rotated through api.token_file is redacted from logs and pages like the first.
+        logs.add_secret(token.reveal())
         self._token = token
 
     # --- endpoints -------------------------------------------------------------------
@@ -341,41 +343,14 @@ class QoderClient:
         return self._object("get_run_global", _path("deployment_runs", run_id))
 
     def pages(self, fetch: Callable[[str | None], Page]) -> Iterator[Page]:
-        """Follow after_id cursors until has_more=false; at most max_pages pages.
-
-        A cursor seen before in this listing (A, B, A, ...) or a listing longer than
-        max_pages is an error (counted, logged, raised): following it would never end.
-        """
-        cursor: str | None = None
-        seen: set[str] = set()
-        pages = 0
-        while True:
-            page = fetch(cursor)
-            pages += 1
-            yield page
-            if not page.has_more or not page.last_id or page.last_id == cursor:
-                return
-            if page.last_id in seen:
-                self._fail(
-                    page.endpoint,
-                    f"{page.endpoint}: cursor {page.last_id!r} came back after {pages} pages",
-                    "pagination_loop",
-                )
-            if pages >= self.max_pages:
-                self._fail(
-                    page.endpoint,
-                    f"{page.endpoint}: more than {self.max_pages} pages in one listing",
-                    "too_many_pages",
-                )
-            seen.add(page.last_id)
-            cursor = page.last_id
-
-    def _fail(self, endpoint: str, message: str, kind: str) -> None:
-        exc = InvalidResponseError(message, endpoint=endpoint, kind=kind)
-        log.warning("%s", message)
-        if self.on_error is not None:
-            self.on_error(endpoint, kind)
-        raise exc
+        """follow_pages, with a looping or endless listing counted and logged."""
+        try:
+            yield from follow_pages(fetch, self.max_pages)
+        except PaginationError as exc:
+            log.warning("%s", exc)
+            if self.on_error is not None:
+                self.on_error(exc.endpoint, exc.kind)
+            raise
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -729,3 +704,38 @@ def _error_from(
     if status >= 500:
         return ServerError(text, **kw)
     return _BY_STATUS.get(status, APIError)(text, **kw)
+
+
+class PaginationError(InvalidResponseError):
+    """A listing whose cursors loop or never end."""
+
+
+def follow_pages(fetch: Callable[[str | None], Page], max_pages: int) -> Iterator[Page]:
+    """Follow after_id cursors until has_more=false; at most max_pages pages.
+
+    A cursor seen before in this listing (A, B, A, ...) or a listing longer than
+    max_pages raises PaginationError: following it would never end.
+    """
+    cursor: str | None = None
+    seen: set[str] = set()
+    pages = 0
+    while True:
+        page = fetch(cursor)
+        pages += 1
+        yield page
+        if not page.has_more or not page.last_id or page.last_id == cursor:
+            return
+        if page.last_id in seen:
+            raise PaginationError(
+                f"{page.endpoint}: cursor {page.last_id!r} came back after {pages} pages",
+                endpoint=page.endpoint,
+                kind="pagination_loop",
+            )
+        if pages >= max_pages:
+            raise PaginationError(
+                f"{page.endpoint}: more than {max_pages} pages in one listing",
+                endpoint=page.endpoint,
+                kind="too_many_pages",
+            )
+        seen.add(page.last_id)
+        cursor = page.last_id

@@ -38,6 +38,11 @@ class Cycle:
 
     def run(self, now: float, *, first: bool) -> None:
         """Raises CycleFailed when no deployment synced, or the auth error of any."""
+        # A record dated past the API's clock (plus skew) would hold last_success or the
+        # floor in the future for good: refused this cycle, counted as invalid.
+        self.watch.not_after = self.reader.not_after = self.feed.not_after = self.client.not_after(
+            now
+        )
         self.watch.refresh_if_due(now, self.backoff)
         store, lookback = self.tracker.store, self.watch.lookback
         watched = self.watch.watched()
@@ -84,7 +89,7 @@ class Cycle:
         # The store's floor (runs below it count as dealt with) must not run ahead of the
         # API's clock: were ours ahead by more than the lookback, every new run would fall
         # below it. The API's Date header bounds it (+1 s: the header drops fractions).
-        server_now = self.client.server_now()
+        server_now = self.client.server_now(now)
         sync_now = now if server_now is None else min(now, server_now + 1.0)
         dep_id = fetched.deployment_id
         with self.tracker.lock:

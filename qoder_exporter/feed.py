@@ -18,14 +18,13 @@ from typing import Any, Protocol
 from .backoff import Backoff, Paused
 from .client import APIError, Page, QoderError, RateLimitedError
 from .config import Config
-from .fetched import Fetched, parse_records, refresh_in_flight
-from .models import IN_FLIGHT, Run, parse_run
+from .fetched import Fetched, parse_records, refresh_in_flight, run_parser
+from .models import IN_FLIGHT, Run
 from .reader import HISTORY_PAGES
 from .sync import RunStore, SyncPlan, plan_jumps, reached_known
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 100  # config's default page_size
 FEED_PAGE_SIZE = 1000  # tried first for the feed; see feed_limit()
 # Runs in flight for longer than this are not looked for by jumping along the feed.
 JUMP_HORIZON_S = 3600.0
@@ -50,7 +49,7 @@ def feed_limit(config: Config) -> int:
     page_size, try the larger cap of the API generation that allows 1000 (a tenth of the
     requests at 1,000 deployments); the first 400 falls back to page_size for good.
     """
-    if config.discover and config.page_size == DEFAULT_PAGE_SIZE:
+    if config.discover and not config.page_size_set:
         return FEED_PAGE_SIZE
     return config.page_size
 
@@ -97,6 +96,8 @@ class FeedReader:
         self.backoff = backoff
         self.limit = limit
         self.count_invalid = count_invalid
+        # Set by the cycle: records dated past it are refused (see models.parse_run).
+        self.not_after: float | None = None
 
     def read(
         self, plans: dict[str, SyncPlan], store: RunStore, now: float, forgotten: set[str]
@@ -138,7 +139,12 @@ class FeedReader:
                 self._find_stale(stale, by_dep, plans, store, now)
             for dep_id, fetched in by_dep.items():
                 refresh_in_flight(
-                    self.client, self.backoff, self.count_invalid, fetched, plans[dep_id].in_flight
+                    self.client,
+                    self.backoff,
+                    self.count_invalid,
+                    fetched,
+                    plans[dep_id].in_flight,
+                    not_after=self.not_after,
                 )
         except RateLimitedError as exc:
             self.backoff.pause(exc.retry_after)
@@ -154,7 +160,7 @@ class FeedReader:
         )
 
     def _parse(self, page: Page) -> list[Run]:
-        return parse_records(page.data, parse_run, "run", self.count_invalid)
+        return parse_records(page.data, run_parser(self.not_after), "run", self.count_invalid)
 
     def _find_stale(
         self,

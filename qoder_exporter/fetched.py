@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,18 +43,26 @@ def parse_records(
     return out
 
 
+def run_parser(not_after: float | None) -> Callable[[Any], Run]:
+    """parse_run refusing times past not_after (the API's clock plus skew, set per cycle)."""
+    return functools.partial(parse_run, not_after=not_after)
+
+
 def refresh_in_flight(
     client: RunGetter,
     backoff: Backoff,
     count_invalid: Callable[[str], None],
     out: Fetched,
     in_flight: Iterable[str],
+    *,
+    not_after: float | None = None,
 ) -> None:
     """GET by id each in-flight run the pages read did not show."""
+    parse = run_parser(not_after)
     seen = {r.id for r in out.runs}
     for run_id in sorted(set(in_flight) - seen):
         backoff.check()
         try:
-            out.runs += parse_records([client.get_run(run_id)], parse_run, "run", count_invalid)
+            out.runs += parse_records([client.get_run(run_id)], parse, "run", count_invalid)
         except NotFoundError:
             out.vanished.append(run_id)

@@ -64,7 +64,13 @@ class Poller:
         self._early_at: float | None = None  # when a reload last cut a wait short
         self._build_parts(config, known={})
         if config.state_file:
-            state.load(self.store, config.state_file, config.api.url)
+            state.load(
+                self.store,
+                config.state_file,
+                config.api.url,
+                now=clock(),
+                max_clock_skew=config.api.max_clock_skew,
+            )
             self._drop_unwatched()
         self.snapshot = self._build_snapshot()
 
@@ -250,6 +256,10 @@ def _new_client(config: Config) -> QoderClient:
         timeout=config.api.timeout,
         max_retries=config.api.max_retries,
         requests_per_second=config.api.requests_per_second,
+        deadline=config.api.deadline,
+        max_response_bytes=config.api.max_response_bytes,
+        max_pages=config.api.max_pages,
+        max_clock_skew=config.api.max_clock_skew,
     )
 
 

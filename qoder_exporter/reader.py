@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 from .backoff import Backoff, Paused
 from .client import NotFoundError, Page, QoderError, RateLimitedError
-from .fetched import Fetched, parse_records, refresh_in_flight
-from .models import Run, parse_run
+from .fetched import Fetched, parse_records, refresh_in_flight, run_parser
+from .models import Run
 from .sync import SyncPlan, reached_known
 
 # Bound on pages read back through history to find a last success older than the window.
@@ -48,6 +48,8 @@ class DeploymentReader:
         self.backoff = backoff
         self.page_size = page_size
         self.count_invalid = count_invalid
+        # Set by the cycle before the workers start: records dated past it are refused.
+        self.not_after: float | None = None
 
     def read(self, deployment_id: str, plan: SyncPlan) -> Fetched:
         """Worker: read one deployment's new runs and refresh its in-flight ones."""
@@ -68,7 +70,14 @@ class DeploymentReader:
                 out.runs += runs
                 if reached_known(runs, plan):
                     break
-            refresh_in_flight(self.client, self.backoff, self.count_invalid, out, plan.in_flight)
+            refresh_in_flight(
+                self.client,
+                self.backoff,
+                self.count_invalid,
+                out,
+                plan.in_flight,
+                not_after=self.not_after,
+            )
             if plan.initial and not any(r.status == "completed" for r in out.runs):
                 out.runs += self._last_success(deployment_id)
         except NotFoundError:
@@ -97,4 +106,4 @@ class DeploymentReader:
         return []
 
     def _parse(self, page: Page) -> list[Run]:
-        return parse_records(page.data, parse_run, "run", self.count_invalid)
+        return parse_records(page.data, run_parser(self.not_after), "run", self.count_invalid)

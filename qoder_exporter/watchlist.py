@@ -6,6 +6,7 @@ a deployment the API answers 404 for.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -55,6 +56,8 @@ class WatchList:
         self.limit = limit
         self.count_invalid = count_invalid
         self.on_forget = on_forget  # drops the deployment's series
+        # Set by the cycle: a created_at past it is dropped (see models.parse_deployment).
+        self.not_after: float | None = None
         self.deployments: dict[str, Deployment] = dict(known or {})
         self.forgotten: set[str] = set()  # answered 404 (configured mode: until listed again)
         self._lookbacks = {d.id: d.lookback or config.lookback for d in config.deployments}
@@ -129,7 +132,9 @@ class WatchList:
                 continue
             # Not listed: archived (still readable by id) or deleted (404).
             try:
-                self.deployments[dep_id] = parse_deployment(self.client.get_deployment(dep_id))
+                self.deployments[dep_id] = parse_deployment(
+                    self.client.get_deployment(dep_id), self.not_after
+                )
                 self.forgotten.discard(dep_id)
             except NotFoundError:
                 self.forget(dep_id)
@@ -144,6 +149,7 @@ class WatchList:
         for page in self.client.pages(
             lambda c: self.client.list_deployments(limit=self.limit.value, after_id=c)
         ):
-            for dep in parse_records(page.data, parse_deployment, "deployment", self.count_invalid):
+            parse = functools.partial(parse_deployment, not_after=self.not_after)
+            for dep in parse_records(page.data, parse, "deployment", self.count_invalid):
                 listed[dep.id] = dep
         return listed

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from qoder_exporter.backoff import Backoff
-from qoder_exporter.client import APIError, NotFoundError, Page, QoderClient, RateLimitedError
+from qoder_exporter.client import APIError, NotFoundError, Page, RateLimitedError, follow_pages
 from qoder_exporter.feed import FeedLimit, FeedReader
 from qoder_exporter.fetched import Fetched
 from qoder_exporter.models import Run, parse_run
@@ -59,7 +59,7 @@ class FakeFeed:
 
     def pages(self, fetch: Callable[[str | None], Page]) -> Iterator[Page]:
         # The client's own cursor-following, not a copy of it.
-        return QoderClient.pages(self, fetch)  # type: ignore[arg-type]
+        return follow_pages(fetch, max_pages=1000)
 
     def list_all_runs(
         self, *, limit: int = 100, after_id: str | None = None, status: str | None = None

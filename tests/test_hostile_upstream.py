@@ -247,10 +247,6 @@ def test_a_run_from_the_future_is_refused_against_the_api_clock(api: HostileAPI)
     assert refused == ["run_9"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the poller to parse runs with not_after=client.not_after(now) (lead)",
-)
 def test_a_run_from_the_future_does_not_hold_last_success(api: HostileAPI) -> None:
     api.mode = "future"
     poller = poller_for(api)
