@@ -26,7 +26,7 @@ import yaml
 from qoder_exporter.collector import Exposition
 from qoder_exporter.poller import Poller
 from qoder_exporter.server import ExporterServer
-from qoder_exporter.simulator import ManualClock, Simulator
+from qoder_exporter.simulator import DeploymentSpec, ManualClock, Simulator
 
 from .conftest import TOKEN, make_config
 
@@ -66,11 +66,23 @@ def free_port() -> int:
 class LiveExporter:
     """Simulator + poller + HTTP server; `step()` moves simulated time and polls once."""
 
-    def __init__(self, *, deployments: int = 6, seed: int = 7, step_s: float = 300.0) -> None:
-        # Simulated time starts a day in the past so that stepping it never passes the wall
-        # clock: ages computed at scrape time (wall clock) stay positive.
+    def __init__(
+        self,
+        *,
+        deployments: int | list[DeploymentSpec] = 6,
+        seed: int = 7,
+        step_s: float = 300.0,
+        behind_s: float = 86400.0,
+    ) -> None:
+        # Simulated time starts behind_s (a day) in the past so that stepping it never passes
+        # the wall clock: ages computed at scrape time (wall clock) stay positive. A test that
+        # needs ages close to the truth steps in real time (step_s = the drive period) from a
+        # few seconds behind.
         self.sim = Simulator(
-            seed=seed, deployments=deployments, token=TOKEN, clock=ManualClock(time.time() - 86400)
+            seed=seed,
+            deployments=deployments,
+            token=TOKEN,
+            clock=ManualClock(time.time() - behind_s),
         )
         self.sim.serve("127.0.0.1", 0)
         self.step_s = step_s
@@ -115,7 +127,13 @@ class LiveExporter:
 class Prometheus:
     """A real Prometheus on a free port with a temporary data directory."""
 
-    def __init__(self, targets: dict[str, list[str]], rule_files: list[Path]) -> None:
+    def __init__(
+        self,
+        targets: dict[str, list[str]],
+        rule_files: list[Path],
+        *,
+        alertmanager: str | None = None,
+    ) -> None:
         self.binary = require_tool("prometheus")
         self.dir = Path(tempfile.mkdtemp(prefix="qoder-prom-"))
         self.port = free_port()
@@ -128,6 +146,13 @@ class Prometheus:
                 for job, hosts in targets.items()
             ],
         }
+        resend: list[str] = []
+        if alertmanager is not None:
+            config["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]
+            }
+            # Resend firing alerts every second (1m by default): Alertmanager sees them at once.
+            resend = ["--rules.alert.resend-delay=1s"]
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = (self.dir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
@@ -137,6 +162,7 @@ class Prometheus:
                 f"--storage.tsdb.path={self.dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--web.enable-lifecycle",
+                *resend,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
