@@ -150,13 +150,21 @@ def test_histogram_and_errors_observed_once() -> None:
     poll(
         s, T0 + 60, [at("r1", 10, "completed", duration=5), at("r2", 20, "completed", duration=61)]
     )
-    poll(s, T0 + 120, [at("r1", 10, "completed", duration=5), _failed("r3", 30, "x_error")])
+    poll(
+        s,
+        T0 + 120,
+        [
+            at("r1", 10, "completed", duration=5),
+            _failed("r3", 30, "agent_archived_error"),
+            _failed("r4", 40, "x_error"),  # not a documented type: bounded to "other"
+        ],
+    )
     state = s.deployments[DEP]
     hist = state.durations["completed"]
     assert hist.cumulative() == [1, 1, 2, 2]  # le=10, 60, 600, +Inf
     assert hist.total == pytest.approx(66.0)
-    assert state.errors == {"x_error": 1}
-    assert state.durations["failed"].cumulative() == [0, 1, 1, 1]
+    assert state.errors == {"agent_archived_error": 1, "other": 1}
+    assert state.durations["failed"].cumulative() == [0, 2, 2, 2]
 
 
 def _failed(rid: str, offset: float, error: str) -> Run:
