@@ -28,7 +28,7 @@ from .client import (
 from .config import Config, ConfigError, read_token_file
 from .models import IN_FLIGHT, Deployment, ParseError, Run, parse_deployment, parse_run
 from .snapshot import DeploymentView, HistogramData, Snapshot
-from .sync import Histogram, RunStore, SyncPlan, plan_jumps, reached_known
+from .sync import DeploymentState, Histogram, RunStore, SyncPlan, plan_jumps, reached_known
 
 log = logging.getLogger(__name__)
 
@@ -675,6 +675,7 @@ class Poller:
             history=history,
             vanished=fetched.vanished,
             counted_since=self.started_at,
+            max_retries=info.max_retries if info is not None else None,
         )
         if result.vanished:
             log.warning("deployment %s: %d in-flight runs vanished", dep_id, result.vanished)
@@ -713,10 +714,11 @@ class Poller:
             state = self.store.deployments.get(dep_id)
             sync = self._sync.get(dep_id, _SyncStatus())
             lookback = self.lookback(dep_id)
+            info = self._deployments.get(dep_id)
             views.append(
                 DeploymentView(
                     id=dep_id,
-                    info=self._deployments.get(dep_id),
+                    info=info,
                     recent=self.store.recent(dep_id, now, lookback),
                     totals=dict(state.totals) if state else {},
                     durations={k: _frozen(h) for k, h in state.durations.items()} if state else {},
@@ -729,6 +731,7 @@ class Poller:
                     sync_ok=sync.ok,
                     last_sync=sync.at,
                     last_error=sync.error,
+                    **_view_extras(state, self.store.note_schedule(dep_id, info)),
                 )
             )
         requests, durations, invalid, errors = self.metrics.copy()
@@ -785,6 +788,21 @@ def _stat(path: str | None) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _view_extras(st: DeploymentState | None, expected: float | None) -> dict[str, Any]:
+    """The issue-13 fields of a DeploymentView (kept apart for the poller split)."""
+    if st is None:
+        return {}
+    return {
+        "by_trigger": dict(st.by_trigger),
+        "retried_failures": st.retried,
+        "queue": _frozen(st.queue) if st.queue else None,
+        "consecutive_failures": st.consecutive,
+        "last_run": st.last_run,
+        "last_failure": st.last_failure,
+        "expected_run": expected,
+    }
 
 
 def _frozen(hist: Histogram) -> HistogramData:
