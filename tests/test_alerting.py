@@ -95,6 +95,39 @@ class Webhook:
         self.server.server_close()
 
 
+class Proxy:
+    """The exporter as Prometheus sees it; close() takes it down for real.
+
+    Closing the exporter's own server is not enough: its HTTP/1.1 keep-alive connections
+    would go on serving Prometheus. This proxy answers one request per connection.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                r = requests.get(upstream + self.path, timeout=5)
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers.get("Content-Type", "text/plain"))
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.server.shutdown()
+            self.server.server_close()
+
+
 class Alertmanager:
     """A real Alertmanager on a free port, no clustering, a temporary data directory."""
 
@@ -197,6 +230,7 @@ class Stack:
     prom: Prometheus
     am: Alertmanager
     webhook: Webhook
+    proxy: Proxy
     target: str  # the deployment made to fail
     target_name: str
 
@@ -218,25 +252,27 @@ def stack() -> Iterator[Stack]:
     exporter = LiveExporter(deployments=specs, step_s=0.5, behind_s=5.0)
     workdir = Path(tempfile.mkdtemp(prefix="qoder-alerting-"))
     webhook = Webhook()
+    proxy = Proxy(exporter.url)
     am: Alertmanager | None = None
     prom: Prometheus | None = None
     try:
         am = Alertmanager(example_alertmanager(webhook.url))
         rules = [PROM_DIR / "rules.yml", PROM_DIR / "thresholds.yml", scaled_alerts(workdir)]
         prom = Prometheus(
-            {"qoder": [exporter.url.removeprefix("http://")]},
+            {"qoder": [proxy.address]},
             rules,
             alertmanager=f"127.0.0.1:{am.port}",
         )
         exporter.drive()
         target = exporter.sim.deployment_ids()[0]
-        yield Stack(exporter, prom, am, webhook, target, "hourly-sync")
+        yield Stack(exporter, prom, am, webhook, proxy, target, "hourly-sync")
     finally:
         if prom is not None:
             prom.close()
         if am is not None:
             am.close()
         webhook.close()
+        proxy.close()
         exporter.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -277,7 +313,7 @@ def test_failing_deployment_pages_once_then_exporter_down_inhibits(stack: Stack)
     [alert] = [a for a in page.body["alerts"] if a["labels"]["deployment_id"] == target]
     assert alert["labels"]["severity"] == "critical"
     assert alert["labels"]["name"] == stack.target_name
-    assert alert["labels"]["instance"] == stack.exporter.url.removeprefix("http://")
+    assert alert["labels"]["instance"] == stack.proxy.address
     annotations = alert["annotations"]
     assert stack.target_name in annotations["summary"] and "in a row" in annotations["summary"]
     assert annotations["runbook_url"] == f"{RUNBOOK_BASE}#qoderdeploymentconsecutivefailures"
@@ -305,7 +341,7 @@ def test_failing_deployment_pages_once_then_exporter_down_inhibits(stack: Stack)
 
     # The exporter goes down: QoderExporterDown pages, and the deployment page, kept firing by
     # keep_firing_for, is inhibited: no repeat of it and no false "resolved" meanwhile.
-    stack.exporter.server.close()
+    stack.proxy.close()
     down = webhook.wait(about("QoderExporterDown"), count=3)
     assert len(down) >= 3, f"{prom.logs()}\n{am.logs()}"
     assert down[0].receiver == "/qoder-pager"
