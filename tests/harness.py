@@ -8,6 +8,7 @@ Prometheus scraping the exporter sees counters move within seconds of wall time.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,24 @@ from .conftest import TOKEN, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = [ROOT / "prometheus" / n for n in ("rules.yml", "thresholds.yml", "alerts.yml")]
+
+
+def fast_rule_files(directory: Path) -> list[Path]:
+    """The bundled rule files, with every `for:` of alerts.yml at 2 s per minute (5m -> 10s).
+
+    For tests that need alerts to fire within seconds; everything else is as shipped, and the
+    order of the `for:` durations is kept.
+    """
+
+    def scale(m: re.Match[str]) -> str:
+        minutes = int(m.group(2)) * (60 if m.group(3) == "h" else 1)
+        return f"{m.group(1)}{2 * minutes}s"
+
+    alerts = ROOT / "prometheus" / "alerts.yml"
+    text = re.sub(r"^(\s+for: )(\d+)([mh])$", scale, alerts.read_text(), flags=re.M)
+    fast = directory / "alerts.yml"
+    fast.write_text(text)
+    return [*RULE_FILES[:-1], fast]
 
 
 def require_tool(name: str) -> str:
@@ -218,10 +237,13 @@ class Prometheus:
 
 
 @contextmanager
-def live_stack(down_port: int | None = None) -> Iterator[tuple[LiveExporter, Prometheus]]:
+def live_stack(
+    down_port: int | None = None, rule_files: list[Path] | None = None
+) -> Iterator[tuple[LiveExporter, Prometheus]]:
     """A driven exporter and a Prometheus scraping it (job "qoder") with the bundled rules.
 
-    With down_port, a second job "qoder-down" scrapes a port nobody listens on.
+    With down_port, a second job "qoder-down" scrapes a port nobody listens on. rule_files
+    replaces the bundled rule files (fast_rule_files, say).
     """
     exporter = LiveExporter()
     prom: Prometheus | None = None
@@ -229,7 +251,7 @@ def live_stack(down_port: int | None = None) -> Iterator[tuple[LiveExporter, Pro
         targets = {"qoder": [exporter.url.removeprefix("http://")]}
         if down_port is not None:
             targets["qoder-down"] = [f"127.0.0.1:{down_port}"]
-        prom = Prometheus(targets, RULE_FILES)
+        prom = Prometheus(targets, rule_files or RULE_FILES)
         exporter.drive()
         yield exporter, prom
     finally:

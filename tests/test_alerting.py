@@ -14,7 +14,6 @@ What is changed in the temporary copies, and nothing else:
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import tempfile
@@ -32,7 +31,7 @@ import yaml
 
 from qoder_exporter.simulator import DeploymentSpec
 
-from .harness import ROOT, LiveExporter, Prometheus, free_port, require_tool
+from .harness import ROOT, LiveExporter, Prometheus, fast_rule_files, free_port, require_tool
 
 PROM_DIR = ROOT / "prometheus"
 RUNBOOK_BASE = "https://github.com/qoder-exporter/qoder-exporter/blob/main/README.md"
@@ -187,21 +186,6 @@ class Alertmanager:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def scaled_alerts(directory: Path) -> Path:
-    """alerts.yml with every `for:` in minutes/hours turned into 2 s per minute."""
-
-    def scale(m: re.Match[str]) -> str:
-        minutes = int(m.group(2)) * (60 if m.group(3) == "h" else 1)
-        return f"{m.group(1)}{2 * minutes}s"
-
-    text = re.sub(
-        r"^(\s+for: )(\d+)([mh])$", scale, (PROM_DIR / "alerts.yml").read_text(), flags=re.M
-    )
-    path = directory / "alerts.yml"
-    path.write_text(text)
-    return path
-
-
 def example_alertmanager(webhook: str) -> dict[str, Any]:
     """The example config with the receivers pointed at the webhook and seconds for timings."""
     config: dict[str, Any] = yaml.safe_load((PROM_DIR / "alertmanager.yml").read_text())
@@ -257,7 +241,7 @@ def stack() -> Iterator[Stack]:
     prom: Prometheus | None = None
     try:
         am = Alertmanager(example_alertmanager(webhook.url))
-        rules = [PROM_DIR / "rules.yml", PROM_DIR / "thresholds.yml", scaled_alerts(workdir)]
+        rules = fast_rule_files(workdir)
         prom = Prometheus(
             {"qoder": [proxy.address]},
             rules,
