@@ -677,6 +677,7 @@ class Poller:
             counted_since=self.started_at,
             max_retries=info.max_retries if info is not None else None,
         )
+        self.store.note_schedule(dep_id, info)
         if result.vanished:
             log.warning("deployment %s: %d in-flight runs vanished", dep_id, result.vanished)
         status.ok, status.error = True, None
@@ -731,7 +732,7 @@ class Poller:
                     sync_ok=sync.ok,
                     last_sync=sync.at,
                     last_error=sync.error,
-                    **_view_extras(state, self.store.note_schedule(dep_id, info)),
+                    **_view_extras(state, self.store.expected(dep_id, info)),
                 )
             )
         requests, durations, invalid, errors = self.metrics.copy()

@@ -265,28 +265,32 @@ class RunStore:
     def size(self) -> int:
         return sum(len(s.runs) for s in self.deployments.values())
 
-    def note_schedule(self, deployment_id: str, info: Deployment | None) -> float | None:
-        """Remember the trigger times info announces; the expected run time, or None.
+    def note_schedule(self, deployment_id: str, info: Deployment | None) -> None:
+        """Remember the trigger times the deployment's metadata announces.
 
-        Called as each snapshot is built. Manual, paused and archived deployments are not
-        expected to run: their memory is cleared, so a stale slot cannot fire once resumed.
+        Called after each sync of the deployment (before the state is saved). Manual,
+        paused and archived deployments are not expected to run: their memory is cleared,
+        so a slot announced before a pause cannot count as missed once resumed.
         """
         state = self.deployments.get(deployment_id)
         if state is None or info is None:
-            return None
-        if info.manual or info.archived or info.status == "paused":
-            if state.announced:
-                state.announced = []
-                self.changes += 1
-            return None
-        fresh = list(info.upcoming_runs_at)
-        if info.next_trigger_at is not None:
-            fresh.append(info.next_trigger_at)
-        kept = remember_announced(state.announced, fresh, state.last_run)
+            return
+        kept: list[float] = []
+        if _expected_to_run(info):
+            fresh = list(info.upcoming_runs_at)
+            if info.next_trigger_at is not None:
+                fresh.append(info.next_trigger_at)
+            kept = remember_announced(state.announced, fresh, state.last_run)
         if kept != state.announced:
             state.announced = kept
             self.changes += 1
-        return expected_run(kept, state.last_run)
+
+    def expected(self, deployment_id: str, info: Deployment | None) -> float | None:
+        """The expected run time (see expected_run), None when not expected to run."""
+        state = self.deployments.get(deployment_id)
+        if state is None or info is None or not _expected_to_run(info):
+            return None
+        return expected_run(state.announced, state.last_run)
 
     def _note_outcome(self, state: DeploymentState, run: Run) -> None:
         if state.last_run is None or run.created_at > state.last_run:
@@ -367,6 +371,10 @@ def _fold_streak(state: DeploymentState, run: Run, max_retries: int | None) -> N
         state.consecutive = 0
     elif run.status == "failed" and not will_retry(run, max_retries):
         state.consecutive += 1
+
+
+def _expected_to_run(info: Deployment) -> bool:
+    return not (info.manual or info.archived or info.status == "paused")
 
 
 def remember_announced(

@@ -574,24 +574,30 @@ def _dep(**kw: object) -> Deployment:
     return Deployment(**{**base, **kw})  # type: ignore[arg-type]
 
 
+def note(s: RunStore, dep_id: str, info: Deployment) -> float | None:
+    """What a poll does: note the metadata after the sync, read the value at snapshot."""
+    s.note_schedule(dep_id, info)
+    return s.expected(dep_id, info)
+
+
 def test_expected_run_stays_at_the_missed_slot_when_the_scheduler_stops() -> None:
     s = store()
     poll(s, T0, [ext("r0", -5, "completed")])
     # On time: the next hourly slot, announced by upcoming_runs_at and next_trigger_at.
     info = _dep(upcoming_runs_at=(T0 + H, T0 + 2 * H), next_trigger_at=T0 + H)
-    assert s.note_schedule(DEP, info) == T0 + H
+    assert note(s, DEP, info) == T0 + H
     # The run at T0 + H came: the slot is answered and the next one is expected.
     poll(s, T0 + H + 30, [ext("r1", H + 2, "completed")])
     info = _dep(upcoming_runs_at=(T0 + 2 * H, T0 + 3 * H))
-    assert s.note_schedule(DEP, info) == T0 + 2 * H
+    assert note(s, DEP, info) == T0 + 2 * H
     # The scheduler stalls; the API keeps announcing later slots: the missed one stays.
     for hour in (3, 4, 5):
         info = _dep(upcoming_runs_at=(T0 + hour * H, T0 + (hour + 1) * H))
-        assert s.note_schedule(DEP, info) == T0 + 2 * H
+        assert note(s, DEP, info) == T0 + 2 * H
     # The remembered slot survives a restart through the state file.
     copy = store()
     state_mod.restore(json.loads(json.dumps(state_mod.dump(s, "u"))), copy, "u")
-    assert copy.note_schedule(DEP, _dep()) == T0 + 2 * H
+    assert note(copy, DEP, _dep()) == T0 + 2 * H
 
 
 @pytest.mark.parametrize(
@@ -601,11 +607,11 @@ def test_expected_run_stays_at_the_missed_slot_when_the_scheduler_stops() -> Non
 def test_no_expected_run_when_not_expected_to_run(change: dict[str, object]) -> None:
     s = store()
     poll(s, T0, [])
-    assert s.note_schedule(DEP, _dep(next_trigger_at=T0 - H)) == T0 - H  # missed
-    assert s.note_schedule(DEP, _dep(next_trigger_at=T0 - H, **change)) is None
+    assert note(s, DEP, _dep(next_trigger_at=T0 - H)) == T0 - H  # missed
+    assert note(s, DEP, _dep(next_trigger_at=T0 - H, **change)) is None
     # Its memory is gone: resumed, it waits for the newly announced slot only.
-    assert s.note_schedule(DEP, _dep(next_trigger_at=T0 + H)) == T0 + H
-    assert s.note_schedule("dep_unknown", _dep()) is None
+    assert note(s, DEP, _dep(next_trigger_at=T0 + H)) == T0 + H
+    assert note(s, "dep_unknown", _dep()) is None
 
 
 def test_state_file_round_trips_the_new_fields() -> None:
