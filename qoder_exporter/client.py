@@ -47,22 +47,33 @@ MAX_DATE_OFFSET = 86400.0
 DATE_RESOLUTION = 1.0
 MAX_REDIRECTS = 3
 _CHUNK = 64 * 1024
-# The error types the API documents (qoder-api.md 6.2) and the client's own kinds: the
-# error_type label of qoder_exporter_api_errors_total takes only these, else "other".
-API_ERROR_TYPES = frozenset(
-    {
-        "invalid_request_error",
-        "authentication_error",
-        "permission_error",
-        "not_found_error",
-        "conflict_error",
-        "api_error",
-        "feature_not_available",
-        "rate_limit_error",
-        "overloaded_error",
-        "http_error",
-    }
+# The error types the API documents (qoder-api.md 6.2); any other error.type is "other".
+API_ERROR_TYPES = (
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "conflict_error",
+    "api_error",
+    "feature_not_available",
+    "rate_limit_error",
+    "overloaded_error",
+    "http_error",
 )
+# Every value error_kind() can give: the error_type label of qoder_exporter_api_errors_total,
+# known in advance so that each series starts at 0.
+ERROR_KINDS = (
+    "timeout",
+    "connection",
+    "invalid_response",
+    "response_too_large",
+    "pagination_loop",
+    "too_many_pages",
+    "redirect_refused",
+    *API_ERROR_TYPES,
+    "other",
+)
+_API_ERROR_SET = frozenset(API_ERROR_TYPES)
 
 
 class QoderError(Exception):
@@ -657,7 +668,7 @@ def error_kind(exc: QoderError) -> str:
         return exc.kind
     if isinstance(exc, APIError):
         # error.type comes from the server: only the documented types make a label.
-        return exc.error_type if exc.error_type in API_ERROR_TYPES else "other"
+        return exc.error_type if exc.error_type in _API_ERROR_SET else "other"
     return "other"
 
 

@@ -16,13 +16,17 @@ import tempfile
 import time
 from typing import Any
 
-from .models import MAX_CLOCK_SKEW, STATUSES, TERMINAL, run_error_type, valid_id
-from .sync import DeploymentState, Histogram, RunStore, Tracked
+from .models import MAX_CLOCK_SKEW, STATUSES, TERMINAL, TRIGGERS, run_error_type, valid_id
+from .sync import MAX_ANNOUNCED, QUEUE_BUCKETS, DeploymentState, Histogram, RunStore, Tracked
 
 log = logging.getLogger(__name__)
 
 FORMAT = "qoder-exporter-state"
-VERSION = 1
+# 2 added the per-trigger counts, retried failures, queue histogram, failure streak, last
+# run and failure times and the announced trigger times. A version 1 file is read (its counts
+# go under trigger "other"); an exporter that reads only 1 moves a version 2 file aside.
+VERSION = 2
+READS = (1, 2)
 
 
 # A histogram's sum of run durations: 2**53 runs of a year each is far below it.
@@ -45,6 +49,13 @@ def dump(store: RunStore, api_url: str) -> dict[str, Any]:
             "errors": st.errors,
             "last_success": st.last_success,
             "last_finished": list(st.last_finished) if st.last_finished else None,
+            "by_trigger": _nest(st.by_trigger),
+            "retried": st.retried,
+            "queue": {"counts": st.queue.counts, "sum": st.queue.total} if st.queue else None,
+            "consecutive": st.consecutive,
+            "last_run": st.last_run,
+            "last_failure": st.last_failure,
+            "announced": st.announced,
         }
     return {
         "format": FORMAT,
@@ -71,8 +82,9 @@ def restore(
     """
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise StateError("not a qoder-exporter state file")
-    if doc.get("version") != VERSION:
-        raise StateError(f"state version {doc.get('version')!r}, this exporter reads {VERSION}")
+    version = doc.get("version")
+    if version not in READS or isinstance(version, bool):
+        raise StateError(f"state version {version!r}, this exporter reads {READS}")
     if doc.get("api_url") != api_url:
         # Another account or region: its runs and counters are not ours.
         raise StateError(f"state is for {doc.get('api_url')!r}, not {api_url!r}")
@@ -87,7 +99,8 @@ def restore(
     for dep_id, d in deployments.items():
         try:
             check.id(dep_id, "deployment id")
-            restored[dep_id] = _restore_one(d, len(store.buckets) if same_buckets else None, check)
+            buckets = len(store.buckets) if same_buckets else None
+            restored[dep_id] = _restore_one(d, buckets, check, version)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise StateError(f"malformed state: {dep_id}: {type(exc).__name__}") from None
         except StateError as exc:
@@ -96,7 +109,7 @@ def restore(
     return len(restored)
 
 
-def _restore_one(d: Any, buckets: int | None, check: _Checker) -> DeploymentState:
+def _restore_one(d: Any, buckets: int | None, check: _Checker, version: int) -> DeploymentState:
     """One deployment's state; `buckets` is None when histograms start again."""
     if not isinstance(d, dict):
         raise StateError("expected an object")
@@ -135,7 +148,49 @@ def _restore_one(d: Any, buckets: int | None, check: _Checker) -> DeploymentStat
             raise StateError("last_finished: expected [created_at, id, terminal status]")
         check.id(lf[1], "last_finished id")
         st.last_finished = (check.time(lf[0], "last_finished"), lf[1], lf[2])
+    if version >= 2:
+        _restore_v2(st, d, check)
+    else:
+        st.by_trigger = {(s, "other"): n for s, n in st.totals.items() if n}
     return st
+
+
+def _nest(by_trigger: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (status, trigger), n in by_trigger.items():
+        out.setdefault(status, {})[trigger] = n
+    return out
+
+
+def _restore_v2(st: DeploymentState, d: dict[str, Any], check: _Checker) -> None:
+    """The fields version 2 added: trigger counts, retries, queue time, streak, times."""
+    for status, per in check.mapping(d["by_trigger"], "by_trigger").items():
+        for trigger, n in check.mapping(per, "by_trigger").items():
+            if status not in TERMINAL or trigger not in TRIGGERS:
+                raise StateError(f"unknown status/trigger {status!r}/{trigger!r}")
+            st.by_trigger[(status, trigger)] = check.count(n, "by_trigger")
+    st.retried = check.count(d["retried"], "retried")
+    queue = d["queue"]
+    if queue is not None:
+        if not isinstance(queue, dict) or not isinstance(queue["counts"], list):
+            raise StateError("queue histogram: malformed")
+        counts = [check.count(c, "queue count") for c in queue["counts"]]
+        if len(counts) != len(QUEUE_BUCKETS) + 1:
+            raise StateError("queue histogram has the wrong length")
+        total = queue["sum"]
+        if not _number(total) or not 0 <= total <= MAX_SUM:
+            raise StateError(f"queue histogram: sum is not a number from 0 to {MAX_SUM:g}")
+        st.queue = Histogram(counts, float(total))
+    st.consecutive = check.count(d["consecutive"], "consecutive")
+    st.last_run = None if d["last_run"] is None else check.time(d["last_run"], "last_run")
+    last_failure = d["last_failure"]
+    st.last_failure = None if last_failure is None else check.time(last_failure, "last_failure")
+    announced = d["announced"]
+    if not isinstance(announced, list):
+        raise StateError("announced: expected a list")
+    # Announced trigger times are in the future by nature: bounded by finiteness, not now.
+    times = [float(t) for t in announced if _number(t) and 0 <= t < 1e11]
+    st.announced = sorted(times)[:MAX_ANNOUNCED]
 
 
 def _number(value: object) -> bool:

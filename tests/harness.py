@@ -8,6 +8,7 @@ Prometheus scraping the exporter sees counters move within seconds of wall time.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -26,13 +27,31 @@ import yaml
 from qoder_exporter.collector import Exposition
 from qoder_exporter.poller import Poller
 from qoder_exporter.server import ExporterServer
-from qoder_exporter.simulator import ManualClock, Simulator
+from qoder_exporter.simulator import DeploymentSpec, ManualClock, Simulator
 
 from .conftest import TOKEN, make_config
 from .waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = [ROOT / "prometheus" / n for n in ("rules.yml", "thresholds.yml", "alerts.yml")]
+
+
+def fast_rule_files(directory: Path) -> list[Path]:
+    """The bundled rule files, with every `for:` of alerts.yml at 2 s per minute (5m -> 10s).
+
+    For tests that need alerts to fire within seconds; everything else is as shipped, and the
+    order of the `for:` durations is kept.
+    """
+
+    def scale(m: re.Match[str]) -> str:
+        minutes = int(m.group(2)) * (60 if m.group(3) == "h" else 1)
+        return f"{m.group(1)}{2 * minutes}s"
+
+    alerts = ROOT / "prometheus" / "alerts.yml"
+    text = re.sub(r"^(\s+for: )(\d+)([mh])$", scale, alerts.read_text(), flags=re.M)
+    fast = directory / "alerts.yml"
+    fast.write_text(text)
+    return [*RULE_FILES[:-1], fast]
 
 
 def require_tool(name: str) -> str:
@@ -67,11 +86,23 @@ def free_port() -> int:
 class LiveExporter:
     """Simulator + poller + HTTP server; `step()` moves simulated time and polls once."""
 
-    def __init__(self, *, deployments: int = 6, seed: int = 7, step_s: float = 300.0) -> None:
-        # Simulated time starts a day in the past so that stepping it never passes the wall
-        # clock: ages computed at scrape time (wall clock) stay positive.
+    def __init__(
+        self,
+        *,
+        deployments: int | list[DeploymentSpec] = 6,
+        seed: int = 7,
+        step_s: float = 300.0,
+        behind_s: float = 86400.0,
+    ) -> None:
+        # Simulated time starts behind_s (a day) in the past so that stepping it never passes
+        # the wall clock: ages computed at scrape time (wall clock) stay positive. A test that
+        # needs ages close to the truth steps in real time (step_s = the drive period) from a
+        # few seconds behind.
         self.sim = Simulator(
-            seed=seed, deployments=deployments, token=TOKEN, clock=ManualClock(time.time() - 86400)
+            seed=seed,
+            deployments=deployments,
+            token=TOKEN,
+            clock=ManualClock(time.time() - behind_s),
         )
         self.sim.serve("127.0.0.1", 0)
         self.step_s = step_s
@@ -116,7 +147,13 @@ class LiveExporter:
 class Prometheus:
     """A real Prometheus on a free port with a temporary data directory."""
 
-    def __init__(self, targets: dict[str, list[str]], rule_files: list[Path]) -> None:
+    def __init__(
+        self,
+        targets: dict[str, list[str]],
+        rule_files: list[Path],
+        *,
+        alertmanager: str | None = None,
+    ) -> None:
         self.binary = require_tool("prometheus")
         self.dir = Path(tempfile.mkdtemp(prefix="qoder-prom-"))
         self.port = free_port()
@@ -129,6 +166,13 @@ class Prometheus:
                 for job, hosts in targets.items()
             ],
         }
+        resend: list[str] = []
+        if alertmanager is not None:
+            config["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]
+            }
+            # Resend firing alerts every second (1m by default): Alertmanager sees them at once.
+            resend = ["--rules.alert.resend-delay=1s"]
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = (self.dir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
@@ -138,6 +182,7 @@ class Prometheus:
                 f"--storage.tsdb.path={self.dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--web.enable-lifecycle",
+                *resend,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -192,10 +237,13 @@ class Prometheus:
 
 
 @contextmanager
-def live_stack(down_port: int | None = None) -> Iterator[tuple[LiveExporter, Prometheus]]:
+def live_stack(
+    down_port: int | None = None, rule_files: list[Path] | None = None
+) -> Iterator[tuple[LiveExporter, Prometheus]]:
     """A driven exporter and a Prometheus scraping it (job "qoder") with the bundled rules.
 
-    With down_port, a second job "qoder-down" scrapes a port nobody listens on.
+    With down_port, a second job "qoder-down" scrapes a port nobody listens on. rule_files
+    replaces the bundled rule files (fast_rule_files, say).
     """
     exporter = LiveExporter()
     prom: Prometheus | None = None
@@ -203,7 +251,7 @@ def live_stack(down_port: int | None = None) -> Iterator[tuple[LiveExporter, Pro
         targets = {"qoder": [exporter.url.removeprefix("http://")]}
         if down_port is not None:
             targets["qoder-down"] = [f"127.0.0.1:{down_port}"]
-        prom = Prometheus(targets, RULE_FILES)
+        prom = Prometheus(targets, rule_files or RULE_FILES)
         exporter.drive()
         yield exporter, prom
     finally:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,6 +64,124 @@ def test_example_configs_are_valid() -> None:
     assert prom.returncode == 0, prom.stdout + prom.stderr
     am = run_tool("amtool", "check-config", str(PROM_DIR / "alertmanager.yml"))
     assert am.returncode == 0, am.stdout + am.stderr
+
+
+# (labels, receiver the example alertmanager.yml must route them to)
+ROUTES = [
+    ({"alertname": "QoderDeploymentConsecutiveFailures", "severity": "critical"}, "qoder-pager"),
+    (
+        {"alertname": "QoderDeploymentMissedSchedule", "severity": "critical", "team": "x"},
+        "qoder-pager",
+    ),
+    ({"alertname": "QoderOrganizationDisabled", "severity": "critical"}, "qoder-pager"),
+    ({"alertname": "QoderExporterDown", "severity": "critical"}, "qoder-pager"),
+    ({"alertname": "QoderDeploymentRunFailed", "severity": "warning"}, "qoder-chat"),
+    ({"alertname": "QoderDeploymentPaused", "severity": "info"}, "qoder-chat"),
+    ({"alertname": "SomethingElse", "severity": "critical"}, "default"),
+    ({"alertname": "QoderDeploymentRunFailed"}, "default"),
+]
+
+
+@pytest.mark.parametrize(("labels", "receiver"), ROUTES)
+def test_amtool_routes(labels: dict[str, str], receiver: str) -> None:
+    args = [f"{k}={v}" for k, v in labels.items()]
+    result = run_tool(
+        "amtool",
+        "config",
+        "routes",
+        "test",
+        f"--config.file={PROM_DIR / 'alertmanager.yml'}",
+        f"--verify.receivers={receiver}",
+        *args,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == receiver
+
+
+def test_every_alert_routes_somewhere_but_default() -> None:
+    """Every bundled alert's severity has a route: none falls through to `default`."""
+    for group in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            severity = rule["labels"]["severity"]
+            result = run_tool(
+                "amtool",
+                "config",
+                "routes",
+                "test",
+                f"--config.file={PROM_DIR / 'alertmanager.yml'}",
+                f"alertname={rule['alert']}",
+                f"severity={severity}",
+            )
+            assert result.stdout.strip() in ("qoder-pager", "qoder-chat"), rule["alert"]
+
+
+def _exprs() -> list[tuple[str, str]]:
+    return [
+        (rule.get("alert") or rule["record"], rule["expr"])
+        for f in RULE_FILES
+        for group in yaml.safe_load(f.read_text())["groups"]
+        for rule in group["rules"] or []
+    ]
+
+
+def test_no_rule_strips_target_labels() -> None:
+    """Aggregations keep instance and users' target labels: `without`, not `by`.
+
+    The only `by` allowed: the name lookup in qoder_deployment_info (joined group_left, so
+    the left side keeps its labels) and the per-deployment threshold defaults.
+    """
+    allowed = {
+        "max by (job, deployment_id, name) (qoder_deployment_info)",
+        "group by (deployment_id) (qoder_deployment_info)",
+    }
+    for name, expr in _exprs():
+        flat = " ".join(expr.split())
+        for a in allowed:
+            flat = flat.replace(a, "")
+        assert not re.search(r"\b(sum|max|min|avg|count|group)\s+by\b", flat), name
+
+
+def test_alert_links_are_absolute_and_match_the_readme() -> None:
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "alert-links"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_alert_links_rewrites_every_base(tmp_path: Path) -> None:
+    copy = tmp_path / "alerts.yml"
+    copy.write_text((PROM_DIR / "alerts.yml").read_text())
+    result = subprocess.run(
+        [
+            str(ROOT / "scripts" / "alert-links"),
+            "--file",
+            str(copy),
+            "--runbook-base",
+            "https://wiki.example.com/qoder",
+            "--grafana-url",
+            "https://grafana.example.com/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rules = [r for g in yaml.safe_load(copy.read_text())["groups"] for r in g["rules"]]
+    for rule in rules:
+        ann = rule["annotations"]
+        assert ann["runbook_url"] == f"https://wiki.example.com/qoder#{rule['alert'].lower()}"
+        assert ann["dashboard"].startswith("https://grafana.example.com/d/qoder-exporter/")
+
+    # Comments and everything but the links are kept.
+    def comments(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.lstrip().startswith("#")]
+
+    assert comments(copy.read_text()) == comments((PROM_DIR / "alerts.yml").read_text())
 
 
 def test_promtool_check_metrics_on_a_real_scrape() -> None:
@@ -124,6 +244,9 @@ def test_recording_rules_produce_series(stack: tuple[LiveExporter, Prometheus]) 
         "deployment_id:qoder_threshold_failure_ratio:max",
         "deployment_id:qoder_threshold_no_success_seconds:max",
         "deployment_id:qoder_threshold_in_flight_seconds:max",
+        "deployment_id:qoder_threshold_consecutive_failures:max",
+        "deployment_id:qoder_threshold_schedule_grace_seconds:max",
+        "deployment_id:qoder_threshold_skipped_ratio:max",
         "qoder_threshold_stale_seconds:max",
         "deployment_id_status:qoder_deployment_runs:increase1h",
     ):
