@@ -18,6 +18,7 @@ import pytest
 
 from qoder_exporter import state
 from qoder_exporter.client import (
+    ERROR_KINDS,
     MAX_RETRY_AFTER,
     InvalidResponseError,
     QoderClient,
@@ -197,7 +198,7 @@ def test_error_types_from_the_api_are_a_bounded_label(api: HostileAPI) -> None:
             assert poller.poll_once()
         text = render(poller)
         values = set(re.findall(r'error_type="([^"]*)"', text))
-        assert values <= RUN_ERROR_TYPES | {"connection", "timeout", "invalid_response"}
+        assert values <= set(RUN_ERROR_TYPES) | set(ERROR_KINDS)
         assert all(len(v) <= MAX_LABEL_LENGTH for v in re.findall(r'="([^"]*)"', text))
     finally:
         poller.close()

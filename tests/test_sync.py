@@ -596,7 +596,7 @@ def test_expected_run_stays_at_the_missed_slot_when_the_scheduler_stops() -> Non
         assert note(s, DEP, info) == T0 + 2 * H
     # The remembered slot survives a restart through the state file.
     copy = store()
-    state_mod.restore(json.loads(json.dumps(state_mod.dump(s, "u"))), copy, "u")
+    state_mod.restore(json.loads(json.dumps(state_mod.dump(s, "u"))), copy, "u", now=T0 + 6 * H)
     assert note(copy, DEP, _dep()) == T0 + 2 * H
 
 
@@ -629,7 +629,7 @@ def test_state_file_round_trips_the_new_fields() -> None:
     doc = json.loads(json.dumps(state_mod.dump(s, "u")))
     assert doc["version"] == 2
     copy = store()
-    state_mod.restore(doc, copy, "u")
+    state_mod.restore(doc, copy, "u", now=T0 + 24 * H)
     assert state_mod.dump(copy, "u")["deployments"] == doc["deployments"]
     st = copy.deployments[DEP]
     assert st.by_trigger == {("failed", "retry"): 1} and st.retried == 1
@@ -655,7 +655,7 @@ def test_version_1_state_file_is_read_with_its_counts_under_other() -> None:
         },
     }
     s = store()
-    assert state_mod.restore(v1, s, "u") == 1
+    assert state_mod.restore(v1, s, "u", now=T0 + 24 * H) == 1
     st = s.deployments[DEP]
     assert st.by_trigger == {("completed", "other"): 5, ("failed", "other"): 2}
     assert st.errors == {"unknown_error": 1, "other": 1}
