@@ -127,6 +127,16 @@ def _deployment_families(snap: Snapshot) -> Iterator[Metric]:
     yield paused
     yield from rest.families()
     yield sync_ok
+    missing = _gauge(
+        "qoder_deployment_watched_missing",
+        "1 for a configured deployment that the API answers 404 for (deleted, or another "
+        "account's); 0 for every other watched deployment.",
+    )
+    for d in deps:
+        missing.add_metric([d.id], 0.0)
+    for dep_id in snap.missing:
+        missing.add_metric([dep_id], 1.0)
+    yield missing
 
 
 def _gauge(name: str, doc: str) -> GaugeMetricFamily:

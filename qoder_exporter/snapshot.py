@@ -63,6 +63,8 @@ class Snapshot:
     invalid_records: dict[str, int] = field(default_factory=dict)
     api_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     tracked_runs: int = 0
+    # Configured deployments the API answers 404 for: kept visible, not silently dropped.
+    missing: tuple[str, ...] = ()
     last_error: str | None = None
     reload_ok: bool | None = None  # None: the config was never reloaded
     reload_at: float | None = None

@@ -76,6 +76,7 @@ def build_snapshot(
         invalid_records=counters.invalid,
         api_errors=counters.errors,
         tracked_runs=store.size(),
+        missing=watch.missing(),
         last_error=stats.last_error,
         reload_ok=reload.ok,
         reload_at=reload.at,

@@ -71,6 +71,12 @@ class WatchList:
             return sorted(self.deployments)
         return [d.id for d in self.config.deployments if d.id not in self.forgotten]
 
+    def missing(self) -> tuple[str, ...]:
+        """Configured deployments the API answered 404 for (discover mode: none)."""
+        if self.config.discover:
+            return ()
+        return tuple(d.id for d in self.config.deployments if d.id in self.forgotten)
+
     def info(self, deployment_id: str) -> Deployment | None:
         return self.deployments.get(deployment_id)
 

@@ -413,7 +413,12 @@ def test_deleted_deployment_drops_its_series_and_the_others_stay_exact(
         sim.delete_deployment(victim)
         run_for(sim, poller, 2 * 3600)
         body, samples = scrape(url)
-        assert victim not in body
+        mentions = [line for line in body.splitlines() if victim in line]
+        if discover:
+            assert mentions == []
+        else:
+            # A configured deployment that 404s stays visible, for its alert, and only so.
+            assert mentions == [f'qoder_deployment_watched_missing{{deployment_id="{victim}"}} 1.0']
         assert value(samples, "qoder_up") == 1.0
     assert victim not in {v.id for v in poller.snapshot.deployments}
     assert_matches_truth(sim, poller, started)  # over the deployments that remain
