@@ -336,6 +336,12 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
         "Times the API answered 429 (or 503 with Retry-After) and the exporter backed off.",
         value=float(snap.rate_limited),
     )
+    yield CounterMetricFamily(
+        "qoder_exporter_deferred_refreshes",
+        "In-flight runs a cycle did not fetch by id because it reached its per-cycle bound "
+        "(requests_per_second x poll_interval / 2); they are read in later cycles.",
+        value=float(snap.deferred_refreshes),
+    )
     errors = CounterMetricFamily(
         "qoder_exporter_api_errors",
         "Failed API request attempts (retried or not) by endpoint and error type: timeout, "

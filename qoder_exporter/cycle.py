@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from .backoff import Backoff
 from .client import AuthenticationError, PermissionDeniedError, QoderClient, QoderError
 from .feed import FeedReader
-from .fetched import Fetched
+from .fetched import Fetched, RefreshBudget
 from .reader import DeploymentReader
 from .tracker import Tracker
 from .watchlist import WatchList
@@ -35,14 +36,29 @@ class Cycle:
     reader: DeploymentReader
     feed: FeedReader
     executor: ThreadPoolExecutor
+    refresh_limit: int  # in-flight runs fetched by id per cycle, at most
+    on_deferred: Callable[[int], None]
 
     def run(self, now: float, *, first: bool) -> None:
         """Raises CycleFailed when no deployment synced, or the auth error of any."""
         # A record dated past the API's clock (plus skew) would hold last_success or the
         # floor in the future for good: refused this cycle, counted as invalid.
-        self.watch.not_after = self.reader.not_after = self.feed.not_after = self.client.not_after(
-            now
-        )
+        bound = self.client.not_after(now)
+        self.watch.not_after = self.reader.not_after = self.feed.not_after = bound
+        budget = self.reader.budget = self.feed.budget = RefreshBudget(self.refresh_limit)
+        try:
+            self._run(now, first=first)
+        finally:
+            if budget.deferred:
+                log.warning(
+                    "%d in-flight runs not refreshed this cycle (at most %d a cycle): "
+                    "they are read in the next ones",
+                    budget.deferred,
+                    self.refresh_limit,
+                )
+                self.on_deferred(budget.deferred)
+
+    def _run(self, now: float, *, first: bool) -> None:
         self.watch.refresh_if_due(now, self.backoff)
         store, lookback = self.tracker.store, self.watch.lookback
         watched = self.watch.watched()

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from .backoff import Backoff, Paused
 from .client import APIError, Page, QoderError, RateLimitedError
 from .config import Config
-from .fetched import Fetched, parse_records, refresh_in_flight, run_parser
+from .fetched import Fetched, RefreshBudget, parse_records, refresh_in_flight, run_parser
 from .models import IN_FLIGHT, Run
 from .reader import HISTORY_PAGES
 from .sync import RunStore, SyncPlan, plan_jumps, reached_known
@@ -98,6 +98,7 @@ class FeedReader:
         self.count_invalid = count_invalid
         # Set by the cycle: records dated past it are refused (see models.parse_run).
         self.not_after: float | None = None
+        self.budget: RefreshBudget | None = None  # this cycle's fetches by id
 
     def read(
         self, plans: dict[str, SyncPlan], store: RunStore, now: float, forgotten: set[str]
@@ -145,6 +146,7 @@ class FeedReader:
                     fetched,
                     plans[dep_id].in_flight,
                     not_after=self.not_after,
+                    budget=self.budget,
                 )
         except RateLimitedError as exc:
             self.backoff.pause(exc.retry_after)

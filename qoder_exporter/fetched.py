@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -43,6 +45,28 @@ def parse_records(
     return out
 
 
+class RefreshBudget:
+    """How many in-flight runs one cycle may fetch by id, shared by the poll workers.
+
+    A hostile or broken API can keep creating runs that stay running: each would cost a GET
+    per cycle, and every cycle would be slower than the last. Past the budget the rest wait
+    for later cycles (counted in `deferred`).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._lock = threading.Lock()
+        self.left = limit
+        self.deferred = 0
+
+    def take(self, wanted: int) -> int:
+        """Grant up to `wanted` fetches; the rest are deferred."""
+        with self._lock:
+            granted = min(wanted, self.left)
+            self.left -= granted
+            self.deferred += wanted - granted
+            return granted
+
+
 def run_parser(not_after: float | None) -> Callable[[Any], Run]:
     """parse_run refusing times past not_after (the API's clock plus skew, set per cycle)."""
     return functools.partial(parse_run, not_after=not_after)
@@ -56,11 +80,18 @@ def refresh_in_flight(
     in_flight: Iterable[str],
     *,
     not_after: float | None = None,
+    budget: RefreshBudget | None = None,
 ) -> None:
-    """GET by id each in-flight run the pages read did not show."""
+    """GET by id each in-flight run the pages read did not show, within the budget."""
     parse = run_parser(not_after)
     seen = {r.id for r in out.runs}
-    for run_id in sorted(set(in_flight) - seen):
+    missing = sorted(set(in_flight) - seen)
+    if budget is not None:
+        granted = budget.take(len(missing))
+        if granted < len(missing):
+            # Which runs wait is drawn anew each cycle, so that none waits for ever.
+            missing = sorted(random.sample(missing, granted))
+    for run_id in missing:
         backoff.check()
         try:
             out.runs += parse_records([client.get_run(run_id)], parse, "run", count_invalid)

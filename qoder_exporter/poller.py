@@ -90,6 +90,8 @@ class Poller:
             self.reader,
             self.feed,
             self._executor,
+            refresh_limit(config),
+            self.metrics.count_deferred,
         )
 
     # --- public ------------------------------------------------------------------------
@@ -261,6 +263,12 @@ def _new_client(config: Config) -> QoderClient:
         max_pages=config.api.max_pages,
         max_clock_skew=config.api.max_clock_skew,
     )
+
+
+def refresh_limit(config: Config) -> int:
+    """In-flight runs fetched by id per cycle: half the requests the rate budget allows in a
+    poll interval (at least 100), so that the pages always have room."""
+    return max(100, int(config.api.requests_per_second * config.poll_interval / 2))
 
 
 def _new_executor(config: Config) -> ThreadPoolExecutor:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from .backoff import Backoff, Paused
 from .client import NotFoundError, Page, QoderError, RateLimitedError
-from .fetched import Fetched, parse_records, refresh_in_flight, run_parser
+from .fetched import Fetched, RefreshBudget, parse_records, refresh_in_flight, run_parser
 from .models import Run
 from .sync import SyncPlan, reached_known
 
@@ -50,6 +50,7 @@ class DeploymentReader:
         self.count_invalid = count_invalid
         # Set by the cycle before the workers start: records dated past it are refused.
         self.not_after: float | None = None
+        self.budget: RefreshBudget | None = None  # likewise, this cycle's fetches by id
 
     def read(self, deployment_id: str, plan: SyncPlan) -> Fetched:
         """Worker: read one deployment's new runs and refresh its in-flight ones."""
@@ -77,6 +78,7 @@ class DeploymentReader:
                 out,
                 plan.in_flight,
                 not_after=self.not_after,
+                budget=self.budget,
             )
             if plan.initial and not any(r.status == "completed" for r in out.runs):
                 out.runs += self._last_success(deployment_id)

@@ -21,6 +21,7 @@ class SelfMetricsCopy:
     invalid: dict[str, int]
     errors: dict[tuple[str, str], int]
     rate_limited: int
+    deferred: int
 
 
 class SelfMetrics:
@@ -33,6 +34,7 @@ class SelfMetrics:
         self.invalid: dict[str, int] = {}
         self.errors: dict[tuple[str, str], int] = {}
         self.rate_limited = 0
+        self.deferred = 0
 
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
         with self._lock:
@@ -56,6 +58,10 @@ class SelfMetrics:
         with self._lock:
             self.rate_limited += 1
 
+    def count_deferred(self, runs: int) -> None:
+        with self._lock:
+            self.deferred += runs
+
     def copy(self) -> SelfMetricsCopy:
         with self._lock:
             return SelfMetricsCopy(
@@ -64,6 +70,7 @@ class SelfMetrics:
                 invalid=dict(self.invalid),
                 errors=dict(self.errors),
                 rate_limited=self.rate_limited,
+                deferred=self.deferred,
             )
 
 

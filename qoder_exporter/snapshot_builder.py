@@ -73,6 +73,7 @@ def build_snapshot(
         rate_limit_waits=bucket.waits,
         rate_limit_wait_seconds=bucket.waited_seconds,
         rate_limited=counters.rate_limited,
+        deferred_refreshes=counters.deferred,
         invalid_records=counters.invalid,
         api_errors=counters.errors,
         tracked_runs=store.size(),

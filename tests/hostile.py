@@ -37,7 +37,9 @@ MODES = (
     "no_data",  # a list answer without its data list
     "retry_after",  # 429 with Retry-After set to `retry_after` (nan by default)
     "redirect",  # 302 to another origin (set `redirect_to`)
+    "running_stream",  # every listing brings STREAM new runs that stay running for ever
 )
+STREAM = 800
 
 
 def _ts(t: float) -> str:
@@ -138,7 +140,10 @@ class HostileAPI:
         if path.endswith("/runs") or path == "/deployment_runs":
             return 200, {"data": self._runs(), "has_more": False, "last_id": None}
         if path.startswith("/deployment_runs/"):
-            return 200, _run(path.rsplit("/", 1)[1], NOW - 3600)
+            run_id = path.rsplit("/", 1)[1]
+            if mode == "running_stream":
+                return 200, _run(run_id, NOW - 30, status="running")
+            return 200, _run(run_id, NOW - 3600)
         return 404, {"type": "error", "error": {"type": "not_found_error", "message": "no"}}
 
     def _runs(self) -> list[dict[str, Any]]:
@@ -155,6 +160,9 @@ class HostileAPI:
                     duration_ms=1000,
                 ),
             )
+        elif self.mode == "running_stream":
+            n = self.next_number()
+            runs[:0] = [_run(f"run_s{n}x{i}", NOW - 30, status="running") for i in range(STREAM)]
         elif self.mode == "future":
             runs.insert(0, _run("run_9", NOW - 60, completed_at="2099-01-01T00:00:00Z"))
         elif self.mode == "error_types":

@@ -28,7 +28,7 @@ from qoder_exporter.client import (
 from qoder_exporter.collector import Exposition
 from qoder_exporter.config import Secret, config_from_dict
 from qoder_exporter.models import MAX_LABEL_LENGTH, RUN_ERROR_TYPES, parse_run
-from qoder_exporter.poller import Poller
+from qoder_exporter.poller import Poller, refresh_limit
 from qoder_exporter.sync import RunStore
 from tests.hostile import DEPLOYMENT, NOW, HostileAPI
 
@@ -53,10 +53,12 @@ def client_for(api: HostileAPI, **kw: Any) -> tuple[QoderClient, Errors]:
     return client, errors
 
 
-def poller_for(api: HostileAPI, *, discover: bool = False, **client_kw: Any) -> Poller:
+def poller_for(
+    api: HostileAPI, *, discover: bool = False, poll_interval: str = "60s", **client_kw: Any
+) -> Poller:
     doc: dict[str, Any] = {
         "api": {"url": api.base_url, "token": TOKEN, "max_retries": 0, "timeout": "5s"},
-        "poll_interval": "60s",
+        "poll_interval": poll_interval,
         "lookback": "24h",
     }
     if discover:
@@ -503,3 +505,29 @@ def test_a_state_file_that_cannot_be_moved_does_not_stop_start_up(tmp_path: Path
         assert not state.load(RunStore((1.0,)), str(path), URL, now=NOW)
     finally:
         directory.chmod(0o700)
+
+
+# --- #17 a stream of runs that stay running -------------------------------------------
+
+
+def test_fetches_by_id_per_cycle_are_bounded_and_the_rest_deferred(api: HostileAPI) -> None:
+    # Every poll brings 800 new runs that never finish: without a bound each cycle GETs every
+    # one of them seen before, and every cycle is slower than the last.
+    api.mode = "running_stream"
+    # 20 req/s x 30 s / 2: the client's rate budget is lifted so the test runs fast.
+    poller = poller_for(api, poll_interval="30s", requests_per_second=10_000)
+    limit = refresh_limit(poller.config)
+    assert limit == 300
+    try:
+        gets = []
+        for _ in range(4):
+            before = len(api.paths)
+            assert poller.poll_once()
+            gets.append(sum(1 for p in api.paths[before:] if "/deployment_runs/" in p))
+        assert gets == [0, limit, limit, limit]
+        # In flight before cycles 2, 3, 4: 800, 1600, 2400 (they stay running).
+        deferred = (800 - limit) + (1600 - limit) + (2400 - limit)
+        assert poller.snapshot.deferred_refreshes == deferred
+        assert f"qoder_exporter_deferred_refreshes_total {float(deferred)}" in render(poller)
+    finally:
+        poller.close()
