@@ -33,6 +33,9 @@ from qoder_exporter.simulator import DeploymentSpec
 
 from .harness import ROOT, LiveExporter, Prometheus, fast_rule_files, free_port, require_tool
 
+# A real Prometheus and Alertmanager: the system layer, not the fast loop.
+pytestmark = pytest.mark.system
+
 PROM_DIR = ROOT / "prometheus"
 RUNBOOK_BASE = "https://github.com/qoder-exporter/qoder-exporter/blob/main/README.md"
 GRAFANA = "http://localhost:3000"

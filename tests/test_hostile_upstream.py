@@ -143,6 +143,7 @@ def test_cyclic_cursors_are_a_counted_error(api: HostileAPI) -> None:
     assert len(api.paths) == 3  # A, B, then A again: stop
 
 
+@pytest.mark.system
 def test_a_listing_without_end_stops_at_max_pages(api: HostileAPI) -> None:
     api.mode = "fresh_cursors"
     client, errors = client_for(api, max_pages=40)
@@ -510,6 +511,7 @@ def test_a_state_file_that_cannot_be_moved_does_not_stop_start_up(tmp_path: Path
 # --- #17 a stream of runs that stay running -------------------------------------------
 
 
+@pytest.mark.system
 def test_fetches_by_id_per_cycle_are_bounded_and_the_rest_deferred(api: HostileAPI) -> None:
     # Every poll brings 800 new runs that never finish: without a bound each cycle GETs every
     # one of them seen before, and every cycle is slower than the last.

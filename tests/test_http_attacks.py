@@ -121,6 +121,7 @@ class Slowloris:
         self._thread.join(timeout=10)
 
 
+@pytest.mark.system
 def test_50_slowloris_clients_do_not_starve_a_scraper(
     make_server: Callable[..., ExporterServer],
 ) -> None:
@@ -315,6 +316,7 @@ class Exporter:
         self.proc.wait(timeout=20)
 
 
+@pytest.mark.system
 def test_post_reload_needs_web_enable_lifecycle_and_sighup_works_without(
     sim: Simulator, tmp_path: Path
 ) -> None:
