@@ -63,8 +63,10 @@ def _buckets(bounds: tuple[float, ...], data: HistogramData | None) -> list[tupl
 
 def families(snap: Snapshot) -> Iterator[Metric]:
     """Every metric family that changes only when a poll publishes a new snapshot."""
-    yield from _deployment_families(snap)
-    yield from _self_families(snap)
+    keeps = snap.metrics.filter.keeps  # metrics.allowlist / denylist
+    for family in (*_deployment_families(snap), *_self_families(snap)):
+        if keeps(family.name, family.type):
+            yield family
 
 
 def _deployment_families(snap: Snapshot) -> Iterator[Metric]:
@@ -253,6 +255,8 @@ def _add_deployment(
         for trigger in TRIGGERS:
             totals.add_metric([d.id, status, trigger], float(by_trigger.get((status, trigger), 0)))
     for status in sorted(set(_OBSERVED) | set(d.durations)):
+        if status == "failed" and not snap.metrics.failed_duration_histogram:
+            continue
         data = d.durations.get(status)
         durations.add_metric(
             [d.id, status], _buckets(snap.buckets, data), data.total if data else 0.0
@@ -442,7 +446,8 @@ def _age_templates(snap: Snapshot) -> tuple[_AgeFamily, ...]:
         for d in snap.deployments
         for status in ("pending", "running")
     )
-    return (
+    keeps = snap.metrics.filter.keeps
+    families = (
         _AgeFamily(
             "# HELP qoder_deployment_last_success_age_seconds Seconds since the newest "
             "completed run finished, computed at scrape time.\n"
@@ -456,6 +461,7 @@ def _age_templates(snap: Snapshot) -> tuple[_AgeFamily, ...]:
             in_flight,
         ),
     )
+    return tuple(f for f in families if keeps(f.header.split(" ", 3)[2]))
 
 
 def _render_failures_family(count: int) -> CounterMetricFamily:

@@ -14,6 +14,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from .filters import (
+    DEFAULT_METRICS,
+    DEPLOYMENT_STATUSES,
+    DiscoverFilter,
+    MetricFilter,
+    MetricsConfig,
+    Selector,
+    join_patterns,
+)
 from .models import MAX_CLOCK_SKEW
 from .yamlreader import (
     IDENTIFIER,
@@ -86,6 +95,7 @@ _TOP_KEYS = (
     "concurrency",
     "duration_buckets",
     "state_file",
+    "metrics",
 )
 _API_KEYS = (
     "url",
@@ -101,6 +111,9 @@ _API_KEYS = (
     "insecure",
 )
 _DEPLOYMENT_KEYS = ("id", "lookback")
+_DISCOVER_KEYS = ("include", "exclude")
+_SELECTOR_KEYS = ("name", "agent_ids", "statuses")
+_METRICS_KEYS = ("allowlist", "denylist", "failed_duration_histogram")
 
 # Ids go into URL paths, so only characters that need no escaping are accepted after the prefix.
 _DEPLOYMENT_ID = re.compile(r"dep_[A-Za-z0-9_-]+")
@@ -170,6 +183,9 @@ class Config:
     concurrency: int = DEFAULT_CONCURRENCY
     duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
     state_file: str | None = None
+    # discover: {include, exclude}; None with discover: true watches every deployment.
+    discover_filter: DiscoverFilter | None = None
+    metrics: MetricsConfig = DEFAULT_METRICS
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
@@ -333,7 +349,7 @@ class _ConfigReader(Reader):
         top = self.mapping("", data, _TOP_KEYS) or {}
         api = self.api(top.get("api"))
         deployments, deployment_lookbacks = self.deployments(top.get("deployments"))
-        discover = self.boolean("discover", top.get("discover"), False)
+        discover, discover_filter = self.discover(top.get("discover"))
         poll_interval = self.duration(
             "poll_interval", top.get("poll_interval"), DEFAULT_POLL_INTERVAL, MIN_POLL_INTERVAL
         )
@@ -346,6 +362,7 @@ class _ConfigReader(Reader):
         )
         buckets = self.buckets(top.get("duration_buckets"))
         state_file = self.path("state_file", top.get("state_file"))
+        metrics = self.metrics(top.get("metrics"))
 
         # Cross-field rules, checked only when both sides were valid on their own.
         if not self.failed("poll_interval", "lookback") and lookback < poll_interval:
@@ -383,6 +400,101 @@ class _ConfigReader(Reader):
             concurrency=concurrency,
             duration_buckets=buckets,
             state_file=state_file,
+            discover_filter=discover_filter,
+            metrics=metrics,
+        )
+
+    def discover(self, value: object) -> tuple[bool, DiscoverFilter | None]:
+        """discover: true/false, or a mapping of include/exclude selectors (discover on)."""
+        if not isinstance(value, dict):
+            return self.boolean("discover", value, False), None
+        section = self.mapping("discover", value, _DISCOVER_KEYS) or {}
+        include = self.selector("discover.include", section.get("include"))
+        exclude = self.selector("discover.exclude", section.get("exclude"))
+        if include is None and exclude is None:
+            return True, None
+        return True, DiscoverFilter(include, exclude)
+
+    def selector(self, path: str, value: object) -> Selector | None:
+        if value is None:
+            return None
+        section = self.mapping(path, value, _SELECTOR_KEYS)
+        if section is None:
+            return None
+        if not value:
+            self.error(path, "must set at least one of: " + ", ".join(_SELECTOR_KEYS))
+            return None
+        name = None
+        if section.get("name") is not None:
+            text = self.string(f"{path}.name", section["name"])
+            name = None if text is None else self.regex(f"{path}.name", text)
+        agent_ids = self.words(f"{path}.agent_ids", section.get("agent_ids"))
+        statuses = self.words(f"{path}.statuses", section.get("statuses"), DEPLOYMENT_STATUSES)
+        return Selector(
+            name,
+            None if agent_ids is None else frozenset(agent_ids),
+            None if statuses is None else frozenset(statuses),
+        )
+
+    def regex(self, path: str, text: str) -> re.Pattern[str] | None:
+        if not text:
+            self.error(path, "must not be empty")
+            return None
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            self.error(path, f"invalid regular expression {self.show(text)}: {exc}")
+            return None
+
+    def words(
+        self, path: str, value: object, choices: tuple[str, ...] | None = None
+    ) -> list[str] | None:
+        """A non-empty list of non-empty strings, each one of choices when given."""
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            self.error(path, f"must be a non-empty list of strings, got {self.show(value)}")
+            return None
+        result: list[str] = []
+        for index, item in enumerate(value):
+            item_path = f"{path}[{index}]"
+            text = self.string(item_path, item)
+            if text is None:
+                continue
+            if not text:
+                self.error(item_path, "must not be empty")
+            elif choices is not None and text not in choices:
+                self.error(item_path, f"must be one of {', '.join(choices)}, got {self.show(text)}")
+            else:
+                result.append(text)
+        return result if len(result) == len(value) else None
+
+    def metrics(self, value: object) -> MetricsConfig:
+        if value is None:
+            return MetricsConfig()
+        section = self.mapping("metrics", value, _METRICS_KEYS)
+        if section is None:
+            return MetricsConfig()
+        lists: dict[str, re.Pattern[str] | None] = {}
+        for key in ("allowlist", "denylist"):
+            path = f"metrics.{key}"
+            patterns = self.words(path, section.get(key))
+            if patterns is None:
+                lists[key] = None
+                continue
+            compiled = [self.regex(f"{path}[{i}]", p) for i, p in enumerate(patterns)]
+            lists[key] = join_patterns(patterns) if all(compiled) else None
+        if section.get("allowlist") is not None and section.get("denylist") is not None:
+            # kube-state-metrics refuses both too: which one wins would be a guess.
+            self.error("metrics", "set either metrics.allowlist or metrics.denylist, not both")
+            lists = {}
+        return MetricsConfig(
+            MetricFilter(lists.get("allowlist"), lists.get("denylist")),
+            self.boolean(
+                "metrics.failed_duration_histogram",
+                section.get("failed_duration_histogram"),
+                True,
+            ),
         )
 
     def api(self, value: object) -> ApiConfig:

@@ -84,7 +84,7 @@ class Cycle:
             ok += self._apply(future.result(), now, failures)
         if use_feed:
             rest = {d: store.plan(d, now, lookback(d)) for d in watched if d not in fresh}
-            result = self.feed.read(rest, store, now, self.watch.forgotten)
+            result = self.feed.read(rest, store, now, self.watch.ignored())
             if result.unknown_deployment:
                 self.watch.relist()
             total += len(result.fetched)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .filters import DEFAULT_METRICS, MetricsConfig
 from .models import Deployment
 
 
@@ -69,3 +70,4 @@ class Snapshot:
     last_error: str | None = None
     reload_ok: bool | None = None  # None: the config was never reloaded
     reload_at: float | None = None
+    metrics: MetricsConfig = DEFAULT_METRICS  # family filter, failed-duration switch

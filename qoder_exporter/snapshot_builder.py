@@ -81,6 +81,7 @@ def build_snapshot(
         last_error=stats.last_error,
         reload_ok=reload.ok,
         reload_at=reload.at,
+        metrics=watch.config.metrics,
     )
 
 

@@ -60,6 +60,9 @@ class WatchList:
         self.not_after: float | None = None
         self.deployments: dict[str, Deployment] = dict(known or {})
         self.forgotten: set[str] = set()  # answered 404 (configured mode: until listed again)
+        # Discover mode: listed but left out by discover's include/exclude, as of the last
+        # listing. The feed ignores their runs rather than listing again for them.
+        self.excluded: frozenset[str] = frozenset()
         self._lookbacks = {d.id: d.lookback or config.lookback for d in config.deployments}
         self._metadata_at: float | None = None
 
@@ -89,6 +92,10 @@ class WatchList:
         for dep_id in gone:
             self.deployments.pop(dep_id, None)
         return gone
+
+    def ignored(self) -> set[str]:
+        """Deployments whose runs in the feed are expected and skipped (no relisting)."""
+        return self.forgotten | self.excluded
 
     def relist(self) -> None:
         """Refresh the metadata at the next cycle (a new deployment showed up)."""
@@ -126,9 +133,16 @@ class WatchList:
                 raise
             listed = self._list()
         if self.config.discover:
+            keep = self.config.discover_filter
+            excluded = frozenset(d for d, dep in listed.items() if keep and not keep.keeps(dep))
             for gone in set(self.deployments) - set(listed):
                 self.forget(gone)
-            self.deployments = listed
+            for dropped in excluded & set(self.deployments):
+                # Still exists, no longer selected (renamed, paused...): drop its series.
+                log.info("deployment %s left out by discover's filter", dropped)
+                self.on_forget(dropped)
+            self.excluded = excluded
+            self.deployments = {d: dep for d, dep in listed.items() if d not in excluded}
             return
         for dep_cfg in self.config.deployments:
             dep_id = dep_cfg.id
