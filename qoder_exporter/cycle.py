@@ -41,9 +41,12 @@ class Cycle:
 
     def run(self, now: float, *, first: bool) -> None:
         """Raises CycleFailed when no deployment synced, or the auth error of any."""
-        # A record dated past the API's clock (plus skew) would hold last_success or the
-        # floor in the future for good: refused this cycle, counted as invalid.
-        bound = self.client.not_after(now)
+
+        def bound() -> float:
+            # A record dated past the API's clock (plus skew) would hold last_success or
+            # the floor in the future for good: refused, counted as invalid.
+            return self.client.not_after(now)
+
         self.watch.not_after = self.reader.not_after = self.feed.not_after = bound
         budget = self.reader.budget = self.feed.budget = RefreshBudget(self.refresh_limit)
         try:

@@ -18,7 +18,15 @@ from typing import Any, Protocol
 from .backoff import Backoff, Paused
 from .client import APIError, Page, QoderError, RateLimitedError
 from .config import Config
-from .fetched import Fetched, RefreshBudget, parse_records, refresh_in_flight, run_parser
+from .fetched import (
+    Bound,
+    Fetched,
+    RefreshBudget,
+    no_bound,
+    parse_records,
+    refresh_in_flight,
+    run_parser,
+)
 from .models import IN_FLIGHT, Run
 from .reader import HISTORY_PAGES
 from .sync import RunStore, SyncPlan, plan_jumps, reached_known
@@ -97,7 +105,7 @@ class FeedReader:
         self.limit = limit
         self.count_invalid = count_invalid
         # Set by the cycle: records dated past it are refused (see models.parse_run).
-        self.not_after: float | None = None
+        self.not_after: Bound = no_bound
         self.budget: RefreshBudget | None = None  # this cycle's fetches by id
 
     def read(

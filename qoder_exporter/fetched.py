@@ -67,9 +67,17 @@ class RefreshBudget:
             return granted
 
 
-def run_parser(not_after: float | None) -> Callable[[Any], Run]:
-    """parse_run refusing times past not_after (the API's clock plus skew, set per cycle)."""
-    return functools.partial(parse_run, not_after=not_after)
+Bound = Callable[[], "float | None"]
+
+
+def no_bound() -> float | None:
+    return None
+
+
+def run_parser(not_after: Bound) -> Callable[[Any], Run]:
+    """parse_run refusing times past not_after(): the API's clock plus skew, read when the
+    records arrive (the Date header of the answer that brought them moves it on)."""
+    return functools.partial(parse_run, not_after=not_after())
 
 
 def refresh_in_flight(
@@ -79,11 +87,10 @@ def refresh_in_flight(
     out: Fetched,
     in_flight: Iterable[str],
     *,
-    not_after: float | None = None,
+    not_after: Bound = no_bound,
     budget: RefreshBudget | None = None,
 ) -> None:
     """GET by id each in-flight run the pages read did not show, within the budget."""
-    parse = run_parser(not_after)
     seen = {r.id for r in out.runs}
     missing = sorted(set(in_flight) - seen)
     if budget is not None:
@@ -94,6 +101,7 @@ def refresh_in_flight(
     for run_id in missing:
         backoff.check()
         try:
-            out.runs += parse_records([client.get_run(run_id)], parse, "run", count_invalid)
+            record = client.get_run(run_id)
+            out.runs += parse_records([record], run_parser(not_after), "run", count_invalid)
         except NotFoundError:
             out.vanished.append(run_id)

@@ -11,7 +11,15 @@ from typing import Any, Protocol
 
 from .backoff import Backoff, Paused
 from .client import NotFoundError, Page, QoderError, RateLimitedError
-from .fetched import Fetched, RefreshBudget, parse_records, refresh_in_flight, run_parser
+from .fetched import (
+    Bound,
+    Fetched,
+    RefreshBudget,
+    no_bound,
+    parse_records,
+    refresh_in_flight,
+    run_parser,
+)
 from .models import Run
 from .sync import SyncPlan, reached_known
 
@@ -49,7 +57,7 @@ class DeploymentReader:
         self.page_size = page_size
         self.count_invalid = count_invalid
         # Set by the cycle before the workers start: records dated past it are refused.
-        self.not_after: float | None = None
+        self.not_after: Bound = no_bound
         self.budget: RefreshBudget | None = None  # likewise, this cycle's fetches by id
 
     def read(self, deployment_id: str, plan: SyncPlan) -> Fetched:

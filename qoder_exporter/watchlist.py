@@ -23,7 +23,7 @@ from .client import (
 )
 from .config import Config
 from .feed import FeedLimit
-from .fetched import parse_records
+from .fetched import Bound, no_bound, parse_records
 from .models import Deployment, ParseError, parse_deployment
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class WatchList:
         self.count_invalid = count_invalid
         self.on_forget = on_forget  # drops the deployment's series
         # Set by the cycle: a created_at past it is dropped (see models.parse_deployment).
-        self.not_after: float | None = None
+        self.not_after: Bound = no_bound
         self.deployments: dict[str, Deployment] = dict(known or {})
         self.forgotten: set[str] = set()  # answered 404 (configured mode: until listed again)
         # Discover mode: listed but left out by discover's include/exclude, as of the last
@@ -153,7 +153,7 @@ class WatchList:
             # Not listed: archived (still readable by id) or deleted (404).
             try:
                 self.deployments[dep_id] = parse_deployment(
-                    self.client.get_deployment(dep_id), self.not_after
+                    self.client.get_deployment(dep_id), self.not_after()
                 )
                 self.forgotten.discard(dep_id)
             except NotFoundError:
@@ -169,7 +169,7 @@ class WatchList:
         for page in self.client.pages(
             lambda c: self.client.list_deployments(limit=self.limit.value, after_id=c)
         ):
-            parse = functools.partial(parse_deployment, not_after=self.not_after)
+            parse = functools.partial(parse_deployment, not_after=self.not_after())
             for dep in parse_records(page.data, parse, "deployment", self.count_invalid):
                 listed[dep.id] = dep
         return listed

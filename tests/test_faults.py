@@ -648,13 +648,19 @@ def _check_body(text: str, openmetrics: bool) -> dict[tuple[str, frozenset[Any]]
     runs_name = "qoder_deployment_runs_total"
     errors_name = "qoder_deployment_run_errors_total"
     hist_name = "qoder_deployment_run_duration_seconds"
+    # runs_total is split by trigger: sum it per deployment and status.
+    runs: dict[tuple[str, str], float] = defaultdict(float)
+    for (name, ls), v in counters.items():
+        if name == runs_name:
+            labels = dict(ls)
+            runs[(labels["deployment_id"], labels["status"])] += v
     for dep_id in info_ids:
         for status in ("completed", "failed"):
             key = frozenset({("deployment_id", dep_id), ("status", status)})
             # The simulator's finished runs all carry duration_ms: count == runs_total.
-            if hist_counts.get((hist_name, key)) != counters.get((runs_name, key)):
+            if hist_counts.get((hist_name, key)) != runs.get((dep_id, status)):
                 raise BodyError(f"{dep_id}: histogram and runs_total disagree for {status}")
-        failed = counters[(runs_name, frozenset({("deployment_id", dep_id), ("status", "failed")}))]
+        failed = runs[(dep_id, "failed")]
         by_error = sum(
             v
             for (n, ls), v in counters.items()

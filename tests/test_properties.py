@@ -6,6 +6,7 @@ input round-trips, and arbitrary API documents only ever count as invalid record
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from qoder_exporter.config import (
     load_config,
 )
 from qoder_exporter.models import (
+    MAX_CLOCK_SKEW,
     STATUSES,
     Deployment,
     ParseError,
@@ -720,7 +722,14 @@ class FakeApi:
             self.served += 1
             if status == 200 and isinstance(doc, dict):
                 kind = "deployment" if "deployment" in endpoint else "run"
-                parse = parse_deployment if kind == "deployment" else parse_run
+                # Runs dated past the poller's clock (NOW: this server's Date is the real
+                # time, which the client distrusts as more than a day off) plus the skew are
+                # unusable too.
+                parse = (
+                    parse_deployment
+                    if kind == "deployment"
+                    else functools.partial(parse_run, not_after=NOW + MAX_CLOCK_SKEW)
+                )
                 if endpoint in ("get_deployment", "get_run"):
                     records = [doc]
                 else:
