@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 
+from qoder_exporter.models import RUN_ERROR_TYPES
 from qoder_exporter.simulator import DeploymentSpec, Simulator
 
 TOKEN = "pt-sim-test-4b1d"
@@ -36,25 +37,9 @@ WORLD_AGE = 2 * HOUR + 10  # the shared world is this far past its start: some r
 
 STATUSES = ("pending", "running", "completed", "failed", "skipped")
 TERMINAL = ("completed", "failed", "skipped")
-# qoder-api.md §5.2: the documented run error.type vocabulary
-DOC_ERROR_TYPES = {
-    "environment_archived_error",
-    "environment_not_found_error",
-    "agent_archived_error",
-    "vault_not_found_error",
-    "vault_archived_error",
-    "file_not_found_error",
-    "memory_store_archived_error",
-    "skill_not_found_error",
-    "session_resource_not_found_error",
-    "workspace_archived_error",
-    "organization_disabled_error",
-    "session_rate_limited_error",
-    "session_creation_rejected_error",
-    "self_hosted_resources_unsupported_error",
-    "mcp_egress_blocked_error",
-    "unknown_error",
-}
+# qoder-api.md §5.2: the documented run error.type vocabulary (the exporter's list, less
+# the "other" it folds unknown values into)
+DOC_ERROR_TYPES = set(RUN_ERROR_TYPES) - {"other"}
 G2_RUN_KEYS = {
     "id",
     "type",
