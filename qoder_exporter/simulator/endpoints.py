@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from .paging import (
     choice,
-    created_bounds,
     cursor_param,
     envelope,
     parse_limit,
     select_page,
     sort_key,
+    time_bounds,
     time_param,
 )
 from .replies import ApiError, Request
@@ -153,7 +153,7 @@ def list_all_runs(sim: Simulator, req: Request) -> JSON:
     if "deployment_id" in query:
         dep = sim._deps.get(query["deployment_id"])
         items = dep.runs if dep is not None else []
-    lo, hi = created_bounds(items, query, 0, len(items))
+    lo, hi = time_bounds(items, sort_key, query, "created_at")
     page, more = select_page(items, lo, hi, match, limit, cursor)
     return envelope([sim.run_shape.run_json(r, now) for r in page], more)
 
@@ -182,7 +182,7 @@ def list_deployments(sim: Simulator, req: Request) -> JSON:
 
     # creation order is not created_at order: a deployment may be backdated (succeeds_until)
     items = sorted(sim._dep_order, key=sort_key)
-    lo, hi = created_bounds(items, query, 0, len(items))
+    lo, hi = time_bounds(items, sort_key, query, "created_at")
     page, more = select_page(items, lo, hi, match, limit, cursor)
     return envelope([deployment_json(d, now) for d in page], more)
 

@@ -107,27 +107,6 @@ def choice(query: dict[str, str], name: str, allowed: tuple[str, ...]) -> str | 
     return raw
 
 
-def created_bounds(items: list[K], query: dict[str, str], lo: int, hi: int) -> tuple[int, int]:
-    """Narrow [lo, hi) by created_at[gt|gte|lt|lte] bounds."""
-    for op, after, inclusive in (
-        ("gte", True, True),
-        ("gt", True, False),
-        ("lte", False, True),
-        ("lt", False, False),
-    ):
-        ns = time_param(query, f"created_at[{op}]")
-        if ns is None:
-            continue
-        # (ns, "") sorts before every item created at ns, (ns + 1, "") after all of them
-        edge = ns if after == inclusive else ns + 1
-        pos = bisect.bisect_left(items, (edge, ""), key=sort_key)
-        if after:
-            lo = max(lo, pos)
-        else:
-            hi = min(hi, pos)
-    return lo, hi
-
-
 def envelope(data: list[JSON], has_more: bool) -> JSON:
     """Wrap a page in the list envelope."""
     last_id = data[-1]["id"] if data else None
