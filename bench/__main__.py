@@ -243,7 +243,7 @@ def discover_diagnosis(r: api_cost.CostResult, results: list[api_cost.CostResult
         f"they lie needs {floor:g} pages per cycle (the floor column), so the target "
         "is out of reach on this API at this scale: the cost follows run throughput x the "
         "spread of run lengths / page size, and grows with deployments only because their "
-        "runs do. What the design does about it (poller.py `_find_stale`): it jumps with "
+        "runs do. What the design does about it (feed.py `_find_stale`): it jumps with "
         "after_id cursors straight to the pages that hold the runs it is looking for, as few "
         "pages as cover them (sync.py `plan_jumps`), and first lists the pending and running "
         "runs when that is cheaper than jumping to every run in flight, so it jumps only to "

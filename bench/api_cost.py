@@ -221,7 +221,7 @@ def api_cost(
             cycle.in_flight_before = len(before)
             cycle.finished = sum(1 for rid in before if rid not in after_poll)
             if discover and phase != "startup":
-                size = poller._feed_limit  # the page size the poller settled on
+                size = poller.limit.value  # the page size the poller settled on
                 cycle.floor_pages = _floor_pages(poller, known, before, size)
             if phase != "settle" and (naive_cycles is None or done[phase] < naive_cycles):
                 sent = naive.requests

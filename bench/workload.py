@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from qoder_exporter.collector import families
 from qoder_exporter.config import DEFAULT_DURATION_BUCKETS
 from qoder_exporter.models import Deployment
-from qoder_exporter.poller import POLL_BUCKETS, REQUEST_BUCKETS
+from qoder_exporter.selfmetrics import POLL_BUCKETS, REQUEST_BUCKETS
 from qoder_exporter.snapshot import DeploymentView, HistogramData, Snapshot
 
 ERROR_TYPES = (

@@ -287,13 +287,24 @@ class _Rendered:
     text_gz: bytes
     om: bytes
     om_gz: bytes
-    # (header, [(series prefix, reference time)]) for gauges computed at scrape time
-    ages: tuple[tuple[str, tuple[tuple[str, float | None], ...]], ...]
+    ages: tuple[_AgeFamily, ...]  # gauges computed at scrape time
 
 
-def _age_templates(snap: Snapshot) -> tuple[tuple[str, tuple[tuple[str, float | None], ...]], ...]:
+@dataclass(frozen=True, slots=True)
+class _AgeSeries:
+    prefix: str  # name and labels, up to the value
+    since: float | None  # the value is now - since (0 when None)
+
+
+@dataclass(frozen=True, slots=True)
+class _AgeFamily:
+    header: str  # HELP and TYPE lines
+    series: tuple[_AgeSeries, ...]
+
+
+def _age_templates(snap: Snapshot) -> tuple[_AgeFamily, ...]:
     success = tuple(
-        (
+        _AgeSeries(
             f'qoder_deployment_last_success_age_seconds{{deployment_id="{_escape(d.id)}"}} ',
             d.last_success,
         )
@@ -301,7 +312,7 @@ def _age_templates(snap: Snapshot) -> tuple[tuple[str, tuple[tuple[str, float | 
         if d.last_success is not None
     )
     in_flight = tuple(
-        (
+        _AgeSeries(
             "qoder_deployment_oldest_in_flight_run_age_seconds"
             f'{{deployment_id="{_escape(d.id)}",status="{status}"}} ',
             d.oldest_in_flight.get(status),
@@ -310,13 +321,13 @@ def _age_templates(snap: Snapshot) -> tuple[tuple[str, tuple[tuple[str, float | 
         for status in ("pending", "running")
     )
     return (
-        (
+        _AgeFamily(
             "# HELP qoder_deployment_last_success_age_seconds Seconds since the newest "
             "completed run finished, computed at scrape time.\n"
             "# TYPE qoder_deployment_last_success_age_seconds gauge\n",
             success,
         ),
-        (
+        _AgeFamily(
             "# HELP qoder_deployment_oldest_in_flight_run_age_seconds Age of the oldest run "
             "still pending or running (0 when none), computed at scrape time.\n"
             "# TYPE qoder_deployment_oldest_in_flight_run_age_seconds gauge\n",
@@ -358,11 +369,11 @@ class Exposition:
         rendered = self._rendered
         now = self.clock()
         parts = []
-        for header, series in rendered.ages:
-            parts.append(header)
+        for family in rendered.ages:
+            parts.append(family.header)
             parts.extend(
-                f"{prefix}{max(now - ref, 0.0) if ref is not None else 0.0:.3f}\n"
-                for prefix, ref in series
+                f"{s.prefix}{max(now - s.since, 0.0) if s.since is not None else 0.0:.3f}\n"
+                for s in family.series
             )
         tail = "".join(parts).encode()
         if openmetrics:

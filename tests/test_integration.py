@@ -238,7 +238,7 @@ def test_discover_feed_tries_large_pages_and_falls_back(page_cap: int) -> None:
             1 if page_cap == 100 else 0
         )
         assert errors.get(("list_all_runs", "invalid_request_error"), 0) == 0
-        assert poller._feed_limit == (100 if page_cap == 100 else 1000)
+        assert poller.limit.value == (100 if page_cap == 100 else 1000)
     finally:
         poller.close()
         sim.close()

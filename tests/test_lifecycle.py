@@ -368,6 +368,38 @@ def test_reconfigure_drops_unlisted_deployments_and_restarts_histograms_only(
     poller.close()
 
 
+def until(check: Any, what: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_storm_of_reloads_brings_at_most_one_early_poll_per_interval(sim: Simulator) -> None:
+    poller = poller_with(sim, poll_interval="1h")
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        until(lambda: poller.polls_done() == 1, "the first poll")
+        new = make_config(sim, poll_interval="1h", deployments=sim.deployment_ids()[1:])
+        poller.reconfigure(new)
+        until(lambda: poller.polls_done() == 2, "the reload's early poll")
+        assert poller.config is new
+        for _ in range(20):
+            poller.reconfigure(new)
+            # The poll thread has woken and cleared the wake-up: it saw this reload.
+            until(lambda: not poller._wake.is_set(), "the poll thread to see the reload")
+    finally:
+        stop.set()
+        poller.wake()
+        thread.join(30)
+        poller.close()
+    assert not thread.is_alive()
+    assert poller.polls_done() == 2, "the later reloads wait for the next cycle"
+    assert poller._pending is new, "still taken at the next cycle"
+
+
 def test_state_is_rewritten_only_when_the_store_changed(sim: Simulator, tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     poller = poller_with(sim, state_file=str(path))

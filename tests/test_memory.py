@@ -1,8 +1,9 @@
 """Bounded memory: a week at high run rates keeps the state at one lookback window.
 
-DESIGN §4.4: state is O(in-flight runs + runs in the lookback window), never O(all runs ever
-seen). The poller steps half an hour at a time (a larger step than production's minute keeps
-the test quick; the run rates stay high: several runs a minute per deployment).
+The run store holds O(in-flight runs + runs in the lookback window), never O(all runs ever
+seen): runs below a deployment's floor are evicted. The poller steps half an hour at a time
+(a larger step than production's minute keeps the test quick; the run rates stay high:
+several runs a minute per deployment).
 """
 
 from __future__ import annotations

@@ -1,0 +1,99 @@
+"""One poll cycle: metadata, per-deployment reads in the workers, the feed, into the store."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from .backoff import Backoff
+from .client import AuthenticationError, PermissionDeniedError, QoderClient, QoderError
+from .feed import FeedReader
+from .fetched import Fetched
+from .reader import DeploymentReader
+from .tracker import Tracker
+from .watchlist import WatchList
+
+log = logging.getLogger(__name__)
+
+
+class CycleFailed(QoderError):
+    def __init__(self, message: str, *, reached: bool) -> None:
+        super().__init__(message)
+        self.reached = reached
+
+
+@dataclass
+class Cycle:
+    """The parts one cycle uses; the poller builds a new one from each config."""
+
+    discover: bool
+    client: QoderClient
+    backoff: Backoff
+    tracker: Tracker
+    watch: WatchList
+    reader: DeploymentReader
+    feed: FeedReader
+    executor: ThreadPoolExecutor
+
+    def run(self, now: float, *, first: bool) -> None:
+        """Raises CycleFailed when no deployment synced, or the auth error of any."""
+        self.watch.refresh_if_due(now, self.backoff)
+        store, lookback = self.tracker.store, self.watch.lookback
+        watched = self.watch.watched()
+        fresh = [d for d in watched if d not in store.deployments]
+        use_feed = self.discover and not first
+        per_deployment = fresh if use_feed else watched
+        # Plans are taken here, before any worker runs: workers never read the store.
+        plans = {d: store.plan(d, now, lookback(d)) for d in per_deployment}
+        ok, total = 0, len(per_deployment)
+        failures: list[QoderError] = []
+        if self.backoff.take_probe() and per_deployment:
+            # After a rate limit, one request tells whether it is over. The others start
+            # only once it has answered, so another 429 pauses them before they send.
+            probe, per_deployment = per_deployment[0], per_deployment[1:]
+            ok += self._apply(self.reader.read(probe, plans[probe]), now, failures)
+        # Each deployment is applied as soon as it is read and then let go, so only the
+        # fetches not yet applied hold their pages (a first sync reads the whole window).
+        # as_completed drops each future it has handed out; a list of them kept here would
+        # keep every result, and so every page of a first sync, alive to the end.
+        for future in as_completed(
+            [self.executor.submit(self.reader.read, d, plans[d]) for d in per_deployment]
+        ):
+            ok += self._apply(future.result(), now, failures)
+        if use_feed:
+            rest = {d: store.plan(d, now, lookback(d)) for d in watched if d not in fresh}
+            result = self.feed.read(rest, store, now, self.watch.forgotten)
+            if result.unknown_deployment:
+                self.watch.relist()
+            total += len(result.fetched)
+            for fetched in result.fetched:
+                ok += self._apply(fetched, now, failures)
+        for error in failures:
+            if isinstance(error, (AuthenticationError, PermissionDeniedError)):
+                raise error
+        if failures and ok == 0:
+            raise CycleFailed(str(failures[0]), reached=False)
+        if failures:
+            log.warning(
+                "%d of %d deployments failed to sync: %s", len(failures), total, failures[0]
+            )
+
+    def _apply(self, fetched: Fetched, now: float, failures: list[QoderError]) -> int:
+        """Fold one deployment's fetch into the store: 1 if it synced, else note the error."""
+        # The store's floor (runs below it count as dealt with) must not run ahead of the
+        # API's clock: were ours ahead by more than the lookback, every new run would fall
+        # below it. The API's Date header bounds it (+1 s: the header drops fractions).
+        server_now = self.client.server_now()
+        sync_now = now if server_now is None else min(now, server_now + 1.0)
+        dep_id = fetched.deployment_id
+        with self.tracker.lock:
+            if fetched.deleted:
+                self.watch.forget(dep_id)
+                return 1
+            lookback, info = self.watch.lookback(dep_id), self.watch.info(dep_id)
+            if self.tracker.apply(fetched, sync_now, lookback, info):
+                return 1
+        if fetched.error is not None:
+            failures.append(fetched.error)
+        return 0

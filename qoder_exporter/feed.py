@@ -1,0 +1,225 @@
+"""Discover mode's reader: new runs of every deployment from the cross-deployment feed.
+
+After the first sync, one listing of /deployment_runs (newest first) back to the runs we
+know replaces a listing per deployment. In-flight runs lying further down the feed are
+reached by jumping to the pages that hold them (sync.plan_jumps), by the status lists, or
+by id. Reads the store but never writes it: the poller applies what this returns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .backoff import Backoff, Paused
+from .client import APIError, Page, QoderError, RateLimitedError
+from .config import Config
+from .fetched import Fetched, parse_records, refresh_in_flight
+from .models import IN_FLIGHT, Run, parse_run
+from .reader import HISTORY_PAGES
+from .sync import RunStore, SyncPlan, plan_jumps, reached_known
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 100  # config's default page_size
+FEED_PAGE_SIZE = 1000  # tried first for the feed; see feed_limit()
+# Runs in flight for longer than this are not looked for by jumping along the feed.
+JUMP_HORIZON_S = 3600.0
+
+
+class FeedClient(Protocol):
+    """What the feed reader needs of QoderClient (tests pass a scripted fake)."""
+
+    def pages(self, fetch: Callable[[str | None], Page]) -> Iterator[Page]: ...
+
+    def list_all_runs(
+        self, *, limit: int = 100, after_id: str | None = None, status: str | None = None
+    ) -> Page: ...
+
+    def get_run(self, run_id: str) -> dict[str, Any]: ...
+
+
+def feed_limit(config: Config) -> int:
+    """Page size for the cross-deployment feed and, in discover mode, the deployment list.
+
+    The feed holds every deployment's runs, so its pages fill fast: with the default
+    page_size, try the larger cap of the API generation that allows 1000 (a tenth of the
+    requests at 1,000 deployments); the first 400 falls back to page_size for good.
+    """
+    if config.discover and config.page_size == DEFAULT_PAGE_SIZE:
+        return FEED_PAGE_SIZE
+    return config.page_size
+
+
+class FeedLimit:
+    """The page size for the feed and the deployment list, shrunk once on a 400."""
+
+    def __init__(self, value: int, page_size: int) -> None:
+        self.value = value
+        self.page_size = page_size
+
+    @classmethod
+    def for_config(cls, config: Config) -> FeedLimit:
+        return cls(feed_limit(config), config.page_size)
+
+    def refused(self, error: BaseException | None) -> bool:
+        """True (once) when the API answered 400 to a page larger than page_size."""
+        if not (
+            isinstance(error, APIError) and error.status == 400 and self.value > self.page_size
+        ):
+            return False
+        # One generation of the API caps limit at 100 and answers 400 above it.
+        log.info("the API refuses pages of %d records: using %d", self.value, self.page_size)
+        self.value = self.page_size
+        return True
+
+
+@dataclass
+class FeedResult:
+    fetched: list[Fetched]
+    # A run of a deployment not listed yet (and not forgotten): list deployments again.
+    unknown_deployment: bool = False
+
+
+class FeedReader:
+    def __init__(
+        self,
+        client: FeedClient,
+        backoff: Backoff,
+        limit: FeedLimit,
+        count_invalid: Callable[[str], None],
+    ) -> None:
+        self.client = client
+        self.backoff = backoff
+        self.limit = limit
+        self.count_invalid = count_invalid
+
+    def read(
+        self, plans: dict[str, SyncPlan], store: RunStore, now: float, forgotten: set[str]
+    ) -> FeedResult:
+        """Read new runs of the planned deployments; once more with smaller pages on a 400."""
+        result = self._read(plans, store, now, forgotten)
+        if result.fetched and self.limit.refused(result.fetched[0].error):
+            result = self._read(plans, store, now, forgotten)
+        return result
+
+    def _read(
+        self, plans: dict[str, SyncPlan], store: RunStore, now: float, forgotten: set[str]
+    ) -> FeedResult:
+        by_dep = {d: Fetched(d) for d in plans}
+        unknown = False
+        try:
+            self.backoff.check()
+            floor = min((p.floor for p in plans.values()), default=now)
+            known = frozenset().union(*(p.known for p in plans.values()))
+            marks = [p.watermark for p in plans.values() if p.watermark is not None]
+            feed_plan = SyncPlan(False, known, frozenset(), floor, max(marks, default=None), True)
+            for page in self._pages(None):
+                runs = self._parse(page)
+                for run in runs:
+                    if run.deployment_id in by_dep:
+                        by_dep[run.deployment_id].runs.append(run)
+                    elif run.deployment_id not in forgotten and run.created_at >= floor:
+                        unknown = True  # a deployment we have not listed yet: next cycle
+                if reached_known(runs, feed_plan):
+                    break
+            seen = {r.id for f in by_dep.values() for r in f.runs}
+            stale = {
+                run_id: dep_id
+                for dep_id, plan in plans.items()
+                for run_id in plan.in_flight
+                if run_id not in seen
+            }
+            if len(stale) > 1:
+                self._find_stale(stale, by_dep, plans, store, now)
+            for dep_id, fetched in by_dep.items():
+                refresh_in_flight(
+                    self.client, self.backoff, self.count_invalid, fetched, plans[dep_id].in_flight
+                )
+        except RateLimitedError as exc:
+            self.backoff.pause(exc.retry_after)
+            return FeedResult([Fetched(d, error=exc) for d in plans], unknown)
+        except (QoderError, Paused) as exc:
+            err = exc if isinstance(exc, QoderError) else QoderError("backing off")
+            return FeedResult([Fetched(d, error=err) for d in plans], unknown)
+        return FeedResult(list(by_dep.values()), unknown)
+
+    def _pages(self, status: str | None) -> Iterator[Page]:
+        return self.client.pages(
+            lambda c: self.client.list_all_runs(limit=self.limit.value, after_id=c, status=status)
+        )
+
+    def _parse(self, page: Page) -> list[Run]:
+        return parse_records(page.data, parse_run, "run", self.count_invalid)
+
+    def _find_stale(
+        self,
+        stale: dict[str, str],
+        by_dep: dict[str, Fetched],
+        plans: dict[str, SyncPlan],
+        store: RunStore,
+        now: float,
+    ) -> None:
+        """Learn how the in-flight runs that the feed's new pages did not show are now.
+
+        The feed is ordered by creation, so these runs lie scattered down it. Either jump
+        straight to the pages that hold them, or first list the runs still pending and
+        running (a page per `limit` of them) and jump only to those that left the lists:
+        they finished (or vanished). The cheaper, as far as the store can tell, wins. Runs
+        left over are fetched by id afterwards (refresh_in_flight).
+        """
+        limit = self.limit.value
+        order = _feed_order(store, stale, now - JUMP_HORIZON_S)
+        jumps, singles = plan_jumps(order, stale, limit)
+        statuses = Counter(
+            store.deployments[d].runs[r].status for d, p in plans.items() for r in p.in_flight
+        )
+        listing = sum(max(1, -(-statuses[s] // limit)) for s in IN_FLIGHT)
+        if len(jumps) + len(singles) > listing:
+            # Bounded: a server that ignored `status` must not make us page through all
+            # history; runs not reached here are fetched by id.
+            for status in sorted(IN_FLIGHT):
+                for page in itertools.islice(self._pages(status), HISTORY_PAGES):
+                    self._take(page, stale, by_dep)
+            jumps, _ = plan_jumps(order, stale, limit)
+        for jump in jumps:
+            if not any(t in stale for t in jump.targets):
+                continue
+            try:
+                page = self.client.list_all_runs(limit=jump.limit, after_id=jump.after_id)
+            except APIError as exc:
+                if exc.status != 400:
+                    raise
+                # The run we jump from has left the feed: these are fetched by id.
+                log.debug("jump down the feed refused: %s", exc)
+                continue
+            self._take(page, stale, by_dep)
+
+    def _take(self, page: Page, stale: dict[str, str], by_dep: dict[str, Fetched]) -> None:
+        """Hand the stale runs a page holds to their deployments."""
+        for run in self._parse(page):
+            dep_id = stale.pop(run.id, None)
+            if dep_id is not None:
+                by_dep[dep_id].runs.append(run)
+
+
+def _feed_order(store: RunStore, stale: dict[str, str], horizon: float) -> list[str]:
+    """The feed as the store knows it, newest first, back to the oldest stale run.
+
+    Not further back than `horizon`: runs in flight for longer than that are few (stuck
+    ones) and are found by the status lists or by id.
+    """
+    since = min(store.deployments[d].runs[r].created_at for r, d in stale.items())
+    since = max(since, horizon)
+    known = [
+        (t.created_at, rid)
+        for st in store.deployments.values()
+        for rid, t in st.runs.items()
+        if t.created_at >= since
+    ]
+    known.sort(reverse=True)
+    return [rid for _, rid in known]

@@ -1,0 +1,78 @@
+"""Builds the Snapshot that /metrics and the landing page read, from the poller's parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .client import TokenBucket
+from .selfmetrics import POLL_BUCKETS, REQUEST_BUCKETS, PollStats, SelfMetrics, frozen
+from .snapshot import DeploymentView, Snapshot
+from .tracker import SyncStatus, Tracker
+from .watchlist import WatchList
+
+
+@dataclass(frozen=True)
+class ReloadStatus:
+    ok: bool | None = None  # None: never reloaded
+    at: float | None = None
+
+
+def build_snapshot(
+    now: float,
+    tracker: Tracker,
+    watch: WatchList,
+    stats: PollStats,
+    metrics: SelfMetrics,
+    bucket: TokenBucket,
+    poll_interval: float,
+    reload: ReloadStatus,
+) -> Snapshot:
+    """Call with tracker.lock held."""
+    store = tracker.store
+    views = []
+    for dep_id in watch.watched():
+        state = store.deployments.get(dep_id)
+        sync = tracker.sync.get(dep_id, SyncStatus())
+        views.append(
+            DeploymentView(
+                id=dep_id,
+                info=watch.info(dep_id),
+                recent=store.recent(dep_id, now, watch.lookback(dep_id)),
+                totals=dict(state.totals) if state else {},
+                durations={k: frozen(h) for k, h in state.durations.items()} if state else {},
+                errors=dict(state.errors) if state else {},
+                last_success=state.last_success if state else None,
+                last_finished_status=state.last_finished[2]
+                if state and state.last_finished
+                else None,
+                oldest_in_flight=store.oldest_in_flight(dep_id),
+                sync_ok=sync.ok,
+                last_sync=sync.at,
+                last_error=sync.error,
+            )
+        )
+    counters = metrics.copy()
+    return Snapshot(
+        taken_at=now,
+        buckets=store.buckets,
+        deployments=tuple(views),
+        up=stats.up,
+        polls_done=stats.done(),
+        last_success_poll=stats.last_success,
+        poll_interval=poll_interval,
+        polls=dict(stats.polls),
+        poll_duration=frozen(stats.hist),
+        requests=counters.requests,
+        request_durations=counters.request_durations,
+        request_duration_buckets=REQUEST_BUCKETS,
+        poll_duration_buckets=POLL_BUCKETS,
+        rate_limit_waits=bucket.waits,
+        rate_limit_wait_seconds=bucket.waited_seconds,
+        rate_limited=counters.rate_limited,
+        invalid_records=counters.invalid,
+        api_errors=counters.errors,
+        tracked_runs=store.size(),
+        last_error=stats.last_error,
+        reload_ok=reload.ok,
+        reload_at=reload.at,
+    )
