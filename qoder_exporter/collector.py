@@ -26,14 +26,40 @@ from prometheus_client.openmetrics import exposition as om_format
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
-from .models import STATUSES, TERMINAL
+from .models import RUN_ERROR_TYPES, STATUSES, TERMINAL, TRIGGERS
 from .snapshot import DeploymentView, HistogramData, Snapshot
+from .sync import QUEUE_BUCKETS
 
 TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
 OPENMETRICS_CONTENT_TYPE = om_format.CONTENT_TYPE_LATEST
 _TERMINAL = tuple(s for s in STATUSES if s in TERMINAL)
 _OBSERVED = ("completed", "failed")  # statuses whose runs carry a duration
 _OM_EOF = b"# EOF\n"
+# The client's endpoints and every error kind client.error_kind returns for a documented
+# answer (qoder-api.md §6.2), all present at 0; any other kind is counted as "other".
+API_ENDPOINTS = (
+    "list_deployments",
+    "get_deployment",
+    "list_runs",
+    "list_all_runs",
+    "get_run_global",
+)
+API_ERROR_TYPES = (
+    "timeout",
+    "connection",
+    "invalid_response",
+    "http_error",
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "conflict_error",
+    "rate_limit_error",
+    "api_error",
+    "feature_not_available",
+    "other",
+)
+_API_ERROR_SET = frozenset(API_ERROR_TYPES)
 
 
 def _float_le(bound: float) -> str:
@@ -57,7 +83,7 @@ def _deployment_families(snap: Snapshot) -> Iterator[Metric]:
     info = GaugeMetricFamily(
         "qoder_deployment_info",
         "Watched deployment, value 1; join on deployment_id for its name.",
-        labels=["deployment_id", "name", "status", "agent_id", "schedule"],
+        labels=["deployment_id", "name", "status", "agent_id", "schedule", "agent_version"],
     )
     recent = GaugeMetricFamily(
         "qoder_deployment_recent_runs",
@@ -66,8 +92,9 @@ def _deployment_families(snap: Snapshot) -> Iterator[Metric]:
     )
     totals = CounterMetricFamily(
         "qoder_deployment_runs",
-        "Runs that reached a terminal status while the exporter watched, each counted once.",
-        labels=["deployment_id", "status"],
+        "Runs that reached a terminal status while the exporter watched, each counted once, "
+        "by trigger_context.type (schedule, manual, retry, other).",
+        labels=["deployment_id", "status", "trigger"],
     )
     durations = HistogramMetricFamily(
         "qoder_deployment_run_duration_seconds",
@@ -86,23 +113,14 @@ def _deployment_families(snap: Snapshot) -> Iterator[Metric]:
     )
     errors = CounterMetricFamily(
         "qoder_deployment_run_errors",
-        "Failed runs by error.type.",
+        "Failed runs by error.type (the documented types; any other is other).",
         labels=["deployment_id", "error_type"],
     )
+    rest = _ScheduleFamilies()
     paused = GaugeMetricFamily(
         "qoder_deployment_paused",
         "1 when the deployment is paused; reason is manual, error (auto-paused) or none.",
         labels=["deployment_id", "reason"],
-    )
-    consecutive = GaugeMetricFamily(
-        "qoder_deployment_consecutive_failures",
-        "Consecutive failed runs as counted by the Qoder API (metadata.cas_config.stats).",
-        labels=["deployment_id"],
-    )
-    next_trigger = GaugeMetricFamily(
-        "qoder_deployment_next_trigger_timestamp_seconds",
-        "Next scheduled trigger time as reported by the Qoder API.",
-        labels=["deployment_id"],
     )
     sync_ok = GaugeMetricFamily(
         "qoder_deployment_sync_success",
@@ -114,13 +132,92 @@ def _deployment_families(snap: Snapshot) -> Iterator[Metric]:
         if d.info is not None:
             reason = d.info.paused_reason or ("manual" if d.info.status == "paused" else "none")
             paused.add_metric([d.id, reason], 1.0 if d.info.status == "paused" else 0.0)
-            if d.info.consecutive_failures is not None:
-                consecutive.add_metric([d.id], float(d.info.consecutive_failures))
-            if d.info.next_trigger_at is not None:
-                next_trigger.add_metric([d.id], d.info.next_trigger_at)
+        rest.add(snap, d)
         sync_ok.add_metric([d.id], 1.0 if d.sync_ok else 0.0)
     yield from (info, recent, totals, durations, last_success, last_status, errors)
-    yield from (paused, consecutive, next_trigger, sync_ok)
+    yield paused
+    yield from rest.families()
+    yield sync_ok
+
+
+def _gauge(name: str, doc: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=["deployment_id"])
+
+
+class _ScheduleFamilies:
+    """Failure streaks, retries, queue time and schedule adherence (issue 13)."""
+
+    def __init__(self) -> None:
+        self.retried = CounterMetricFamily(
+            "qoder_deployment_run_retried_failures",
+            "Failed runs the API retries (cas_run_extras.attempt <= max_retries); "
+            "final failures are runs_total{status=failed} minus these.",
+            labels=["deployment_id"],
+        )
+        self.consecutive = _gauge(
+            "qoder_deployment_consecutive_failures",
+            "Final failed runs in a row (creation order) since the last completed run, "
+            "counted by the exporter; skipped runs leave it unchanged.",
+        )
+        self.api_consecutive = _gauge(
+            "qoder_deployment_api_consecutive_failures",
+            "Consecutive failed runs as counted by the Qoder API (metadata.cas_config.stats).",
+        )
+        self.last_run = _gauge(
+            "qoder_deployment_last_run_timestamp_seconds",
+            "created_at of the newest run seen, any status.",
+        )
+        self.last_failure = _gauge(
+            "qoder_deployment_last_failure_timestamp_seconds",
+            "completed_at (else created_at) of the newest failed run.",
+        )
+        self.next_trigger = _gauge(
+            "qoder_deployment_next_trigger_timestamp_seconds",
+            "Next trigger time announced by the API (schedule.upcoming_runs_at, else "
+            "metadata.cas_config.stats.next_trigger_at).",
+        )
+        self.expected = _gauge(
+            "qoder_deployment_expected_run_timestamp_seconds",
+            "Earliest announced trigger time not yet followed by a run: in the future while "
+            "on time, stuck at the missed slot when the schedule stops firing. Absent for "
+            "manual, paused and archived deployments.",
+        )
+        self.archived = _gauge(
+            "qoder_deployment_archived", "1 when the deployment is archived (archived_at set)."
+        )
+        self.queue = HistogramMetricFamily(
+            "qoder_deployment_run_queue_seconds",
+            "Queue time of finished runs (cas_run_extras.started_at - triggered_at), "
+            "each observed once, where the API gives both.",
+            labels=["deployment_id"],
+        )
+
+    def add(self, snap: Snapshot, d: DeploymentView) -> None:
+        dep = [d.id]
+        self.retried.add_metric(dep, float(d.retried_failures))
+        self.consecutive.add_metric(dep, float(d.consecutive_failures))
+        if d.last_run is not None:
+            self.last_run.add_metric(dep, d.last_run)
+        if d.last_failure is not None:
+            self.last_failure.add_metric(dep, d.last_failure)
+        if d.expected_run is not None:
+            self.expected.add_metric(dep, d.expected_run)
+        self.queue.add_metric(
+            dep, _buckets(QUEUE_BUCKETS, d.queue), d.queue.total if d.queue else 0.0
+        )
+        meta = d.info
+        if meta is None:
+            return
+        self.archived.add_metric(dep, 1.0 if meta.archived else 0.0)
+        if meta.consecutive_failures is not None:
+            self.api_consecutive.add_metric(dep, float(meta.consecutive_failures))
+        if meta.next_trigger is not None:
+            self.next_trigger.add_metric(dep, meta.next_trigger)
+
+    def families(self) -> Iterator[Metric]:
+        yield from (self.retried, self.consecutive, self.api_consecutive, self.last_run)
+        yield from (self.last_failure, self.next_trigger, self.expected, self.archived)
+        yield self.queue
 
 
 def _add_deployment(
@@ -135,20 +232,27 @@ def _add_deployment(
     errors: CounterMetricFamily,
 ) -> None:
     meta = d.info
+    status = "unknown"
+    if meta is not None:
+        # The API keeps status "active" on an archived deployment: say what it is.
+        status = "archived" if meta.archived else meta.status
     info.add_metric(
         [
             d.id,
             meta.name if meta else d.id,
-            meta.status if meta else "unknown",
+            status,
             meta.agent_id if meta else "",
             meta.schedule if meta else "",
+            meta.agent_version if meta else "",
         ],
         1.0,
     )
     for status in STATUSES:
         recent.add_metric([d.id, status], float(d.recent.get(status, 0)))
+    by_trigger = d.by_trigger or {(s, "other"): n for s, n in d.totals.items()}
     for status in _TERMINAL:
-        totals.add_metric([d.id, status], float(d.totals.get(status, 0)))
+        for trigger in TRIGGERS:
+            totals.add_metric([d.id, status, trigger], float(by_trigger.get((status, trigger), 0)))
     for status in sorted(set(_OBSERVED) | set(d.durations)):
         data = d.durations.get(status)
         durations.add_metric(
@@ -159,8 +263,21 @@ def _add_deployment(
     if d.last_finished_status is not None:
         for status in _TERMINAL:
             last_status.add_metric([d.id, status], float(status == d.last_finished_status))
-    for error_type, count in sorted(d.errors.items()):
+    by_type = dict.fromkeys(RUN_ERROR_TYPES, 0)
+    for error_type, count in d.errors.items():
+        by_type[error_type if error_type in by_type else "other"] += count
+    for error_type, count in by_type.items():
         errors.add_metric([d.id, error_type], float(count))
+
+
+def _api_errors(counted: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """Every known (endpoint, kind) at 0 plus the counts, unknown kinds summed as other."""
+    endpoints = set(API_ENDPOINTS) | {e for e, _ in counted}
+    out = {(e, k): 0 for e in endpoints for k in API_ERROR_TYPES}
+    for (endpoint, kind), n in counted.items():
+        key = (endpoint, kind if kind in _API_ERROR_SET else "other")
+        out[key] += n
+    return out
 
 
 def _self_families(snap: Snapshot) -> Iterator[Metric]:
@@ -226,7 +343,7 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
         "connection, invalid_response, or the API's error.type.",
         labels=["endpoint", "error_type"],
     )
-    for (endpoint, kind), n in sorted(snap.api_errors.items()):
+    for (endpoint, kind), n in sorted(_api_errors(snap.api_errors).items()):
         errors.add_metric([endpoint, kind], float(n))
     yield errors
     invalid = CounterMetricFamily(

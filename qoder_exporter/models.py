@@ -13,6 +13,30 @@ IN_FLIGHT = frozenset({"pending", "running"})
 # The one string object per status: the store keeps a status per tracked run, and a string
 # fresh from each JSON record would cost ~60 bytes more per run (11 MiB at 190k runs).
 _CANONICAL = {s: s for s in STATUSES}
+# The bounded values of the `trigger` label: trigger_context.type, anything else is "other".
+TRIGGERS = ("schedule", "manual", "retry", "other")
+_TRIGGER = {t: t for t in TRIGGERS if t != "other"}
+# Run error.type values the API documents (qoder-api.md §5.2); any other value is "other",
+# so a server inventing types cannot grow the label set.
+RUN_ERROR_TYPES = (
+    "environment_archived_error",
+    "environment_not_found_error",
+    "agent_archived_error",
+    "vault_not_found_error",
+    "vault_archived_error",
+    "file_not_found_error",
+    "memory_store_archived_error",
+    "skill_not_found_error",
+    "session_resource_not_found_error",
+    "workspace_archived_error",
+    "organization_disabled_error",
+    "session_rate_limited_error",
+    "session_creation_rejected_error",
+    "self_hosted_resources_unsupported_error",
+    "mcp_egress_blocked_error",
+    "unknown_error",
+    "other",
+)
 
 # RFC 3339 with 0-9 fractional digits; datetime.fromisoformat only takes up to 6 before 3.11.
 _TS = re.compile(
@@ -67,6 +91,8 @@ class Run:
     started_at: float | None = None
     error_type: str | None = None
     trigger: str | None = None
+    attempt: int | None = None  # cas_run_extras.attempt, from 1
+    triggered_at: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -86,6 +112,20 @@ class Deployment:
     consecutive_failures: int | None = None
     next_trigger_at: float | None = None
     created_at: float | None = None
+    archived: bool = False
+    agent_version: str = ""
+    max_retries: int | None = None  # metadata.cas_config.config.max_retries
+    upcoming_runs_at: tuple[float, ...] = ()  # schedule.upcoming_runs_at, sorted
+
+    @property
+    def manual(self) -> bool:
+        """No schedule: the deployment only runs when someone triggers it."""
+        return self.schedule == "manual"
+
+    @property
+    def next_trigger(self) -> float | None:
+        """The earliest announced fire time: upcoming_runs_at, else stats.next_trigger_at."""
+        return self.upcoming_runs_at[0] if self.upcoming_runs_at else self.next_trigger_at
 
 
 def _str(data: dict[str, Any], key: str, kind: str) -> str:
@@ -158,7 +198,31 @@ def parse_run(data: object) -> Run:
         started_at=started_at,
         error_type=error_type if status == "failed" else None,
         trigger=trigger if isinstance(trigger, str) else None,
+        attempt=_opt_count(extras.get("attempt")) if isinstance(extras, dict) else None,
+        triggered_at=_lenient_time(data.get("triggered_at")),
     )
+
+
+def trigger_label(trigger: str | None) -> str:
+    """The bounded `trigger` label of a run's trigger_context.type."""
+    return _TRIGGER.get(trigger or "", "other")
+
+
+def run_error_label(error_type: str | None) -> str:
+    """The bounded `error_type` label of a failed run."""
+    if error_type is None:
+        return "unknown_error"
+    return error_type if error_type in _RUN_ERROR_SET else "other"
+
+
+_RUN_ERROR_SET = frozenset(RUN_ERROR_TYPES)
+
+
+def _opt_count(value: object) -> int | None:
+    # A non-negative JSON integer below 2**53, else unknown (a bool is not a count).
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    return None
 
 
 def _record_status(data: dict[str, Any], error_type: str | None) -> str:
@@ -200,6 +264,7 @@ def parse_deployment(data: object) -> Deployment:
     failures = stats.get("consecutive_failures")
     next_trigger = stats.get("next_trigger_at")
     created = data.get("created_at")
+    version = agent.get("version") if isinstance(agent, dict) else None
     return Deployment(
         id=dep_id,
         name=name if isinstance(name, str) and name else dep_id,
@@ -212,7 +277,38 @@ def parse_deployment(data: object) -> Deployment:
         else None,
         next_trigger_at=_lenient_time(next_trigger),
         created_at=_lenient_time(created),
+        archived=data.get("archived_at") is not None,
+        agent_version=_version_text(version),
+        max_retries=_opt_count(_config(metadata).get("max_retries")),
+        upcoming_runs_at=_upcoming(data.get("schedule")),
     )
+
+
+# Bounds on what a deployment record may announce: the API sends at most 5 fire times.
+MAX_UPCOMING = 10
+
+
+def _config(metadata: object) -> dict[str, Any]:
+    cas = metadata.get("cas_config") if isinstance(metadata, dict) else None
+    config = cas.get("config") if isinstance(cas, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def _upcoming(schedule: object) -> tuple[float, ...]:
+    times = schedule.get("upcoming_runs_at") if isinstance(schedule, dict) else None
+    if not isinstance(times, list):
+        return ()
+    parsed = (_lenient_time(t) for t in times[:MAX_UPCOMING])
+    return tuple(sorted(t for t in parsed if t is not None))
+
+
+def _version_text(version: object) -> str:
+    # agent.version is an integer; anything else is shown only if short and plain.
+    if isinstance(version, int) and not isinstance(version, bool):
+        return str(version)[:20]
+    if isinstance(version, str) and len(version) <= 20 and version.isprintable():
+        return version
+    return ""
 
 
 def _lenient_time(value: object) -> float | None:

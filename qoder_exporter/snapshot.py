@@ -29,6 +29,14 @@ class DeploymentView:
     sync_ok: bool
     last_sync: float | None
     last_error: str | None
+    # (status, trigger) -> finished runs; when empty the renderer falls back to `totals`.
+    by_trigger: dict[tuple[str, str], int] = field(default_factory=dict)
+    retried_failures: int = 0
+    queue: HistogramData | None = None  # sync.QUEUE_BUCKETS
+    consecutive_failures: int = 0  # computed by the exporter from the runs it saw
+    last_run: float | None = None
+    last_failure: float | None = None
+    expected_run: float | None = None  # sync.expected_run; None when not expected to run
 
 
 @dataclass(frozen=True, slots=True)

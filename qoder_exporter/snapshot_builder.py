@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .client import TokenBucket
 from .selfmetrics import POLL_BUCKETS, REQUEST_BUCKETS, PollStats, SelfMetrics, frozen
 from .snapshot import DeploymentView, Snapshot
+from .sync import DeploymentState
 from .tracker import SyncStatus, Tracker
 from .watchlist import WatchList
 
@@ -33,10 +35,11 @@ def build_snapshot(
     for dep_id in watch.watched():
         state = store.deployments.get(dep_id)
         sync = tracker.sync.get(dep_id, SyncStatus())
+        info = watch.info(dep_id)
         views.append(
             DeploymentView(
                 id=dep_id,
-                info=watch.info(dep_id),
+                info=info,
                 recent=store.recent(dep_id, now, watch.lookback(dep_id)),
                 totals=dict(state.totals) if state else {},
                 durations={k: frozen(h) for k, h in state.durations.items()} if state else {},
@@ -49,6 +52,7 @@ def build_snapshot(
                 sync_ok=sync.ok,
                 last_sync=sync.at,
                 last_error=sync.error,
+                **_view_extras(state, store.expected(dep_id, info)),
             )
         )
     counters = metrics.copy()
@@ -76,3 +80,18 @@ def build_snapshot(
         reload_ok=reload.ok,
         reload_at=reload.at,
     )
+
+
+def _view_extras(st: DeploymentState | None, expected: float | None) -> dict[str, Any]:
+    """The run-history fields of a DeploymentView: trigger counts, streak, last run, queue."""
+    if st is None:
+        return {}
+    return {
+        "by_trigger": dict(st.by_trigger),
+        "retried_failures": st.retried,
+        "queue": frozen(st.queue) if st.queue else None,
+        "consecutive_failures": st.consecutive,
+        "last_run": st.last_run,
+        "last_failure": st.last_failure,
+        "expected_run": expected,
+    }

@@ -16,13 +16,17 @@ import tempfile
 import time
 from typing import Any
 
-from .models import TERMINAL
-from .sync import DeploymentState, Histogram, RunStore, Tracked
+from .models import TERMINAL, TRIGGERS, run_error_label
+from .sync import MAX_ANNOUNCED, QUEUE_BUCKETS, DeploymentState, Histogram, RunStore, Tracked
 
 log = logging.getLogger(__name__)
 
 FORMAT = "qoder-exporter-state"
-VERSION = 1
+# 2 added the per-trigger counts, retried failures, queue histogram, failure streak, last
+# run and failure times and the announced trigger times. A version 1 file is read (its counts
+# go under trigger "other"); an exporter that reads only 1 moves a version 2 file aside.
+VERSION = 2
+READS = (1, 2)
 
 
 class StateError(Exception):
@@ -41,6 +45,13 @@ def dump(store: RunStore, api_url: str) -> dict[str, Any]:
             "errors": st.errors,
             "last_success": st.last_success,
             "last_finished": list(st.last_finished) if st.last_finished else None,
+            "by_trigger": _nest(st.by_trigger),
+            "retried": st.retried,
+            "queue": {"counts": st.queue.counts, "sum": st.queue.total} if st.queue else None,
+            "consecutive": st.consecutive,
+            "last_run": st.last_run,
+            "last_failure": st.last_failure,
+            "announced": st.announced,
         }
     return {
         "format": FORMAT,
@@ -56,8 +67,9 @@ def restore(doc: object, store: RunStore, api_url: str) -> int:
     """Fill an empty store from a dumped document; StateError if it does not fit."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise StateError("not a qoder-exporter state file")
-    if doc.get("version") != VERSION:
-        raise StateError(f"state version {doc.get('version')!r}, this exporter reads {VERSION}")
+    version = doc.get("version")
+    if version not in READS or isinstance(version, bool):
+        raise StateError(f"state version {version!r}, this exporter reads {READS}")
     if doc.get("api_url") != api_url:
         # Another account or region: its runs and counters are not ours.
         raise StateError(f"state is for {doc.get('api_url')!r}, not {api_url!r}")
@@ -77,16 +89,53 @@ def restore(doc: object, store: RunStore, api_url: str) -> int:
                     if len(counts) != len(store.buckets) + 1:
                         raise StateError(f"{dep_id}: histogram of {s} has the wrong length")
                     st.durations[str(s)] = Histogram(counts, float(h["sum"]))
-            st.errors = {str(k): int(v) for k, v in d["errors"].items()}
+            for k, v in d["errors"].items():
+                # Older files may hold error types outside today's bounded set.
+                key = run_error_label(str(k))
+                st.errors[key] = st.errors.get(key, 0) + int(v)
             last = d["last_success"]
             st.last_success = None if last is None else float(last)
             lf = d["last_finished"]
             st.last_finished = None if lf is None else (float(lf[0]), str(lf[1]), str(lf[2]))
+            if version >= 2:
+                _restore_v2(st, d)
+            else:
+                st.by_trigger = {(s, "other"): n for s, n in st.totals.items() if n}
             restored[str(dep_id)] = st
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateError(f"malformed state: {type(exc).__name__}: {exc}") from None
     store.deployments.update(restored)
     return len(restored)
+
+
+def _nest(by_trigger: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (status, trigger), n in by_trigger.items():
+        out.setdefault(status, {})[trigger] = n
+    return out
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _restore_v2(st: DeploymentState, d: dict[str, Any]) -> None:
+    for status, per in d["by_trigger"].items():
+        for trigger, n in per.items():
+            if status not in TERMINAL or trigger not in TRIGGERS:
+                raise StateError(f"unknown status/trigger {status!r}/{trigger!r}")
+            st.by_trigger[(status, trigger)] = int(n)
+    st.retried = int(d["retried"])
+    queue = d["queue"]
+    if queue is not None:
+        counts = [int(c) for c in queue["counts"]]
+        if len(counts) != len(QUEUE_BUCKETS) + 1:
+            raise StateError("queue histogram has the wrong length")
+        st.queue = Histogram(counts, float(queue["sum"]))
+    st.consecutive = int(d["consecutive"])
+    st.last_run = _opt_float(d["last_run"])
+    st.last_failure = _opt_float(d["last_failure"])
+    st.announced = sorted(float(t) for t in d["announced"])[:MAX_ANNOUNCED]
 
 
 def save(store: RunStore, path: str, api_url: str) -> None:

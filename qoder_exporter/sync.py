@@ -15,12 +15,28 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .models import IN_FLIGHT, STATUSES, TERMINAL, Run
+from .models import (
+    IN_FLIGHT,
+    STATUSES,
+    TERMINAL,
+    Deployment,
+    Run,
+    run_error_label,
+    trigger_label,
+)
 
 # Runs created within this many seconds before the newest one we know are re-read, so a
 # run that shares a millisecond with it (ids tie-break at random) is not missed.
 OVERLAP_S = 5.0
 _RANK = {"pending": 0, "running": 1, "completed": 2, "failed": 2, "skipped": 2}
+# Queue time (cas_run_extras.started_at - triggered_at): fixed bounds, seconds.
+QUEUE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+# A run created this long before an announced trigger time still answers it (fire jitter).
+TRIGGER_SLACK_S = 60.0
+# Announced trigger times remembered per deployment: the earliest unanswered ones.
+MAX_ANNOUNCED = 10
+# Longer than a year is a bad record, not a duration.
+_MAX_SPAN_S = 366 * 86400.0
 
 
 @dataclass(slots=True)
@@ -60,6 +76,15 @@ class DeploymentState:
     errors: dict[str, int] = field(default_factory=dict)
     last_success: float | None = None
     last_finished: tuple[float, str, str] | None = None  # (created_at, id, status)
+    # (status, trigger) -> count; sums to `totals` per status (a pre-trigger state file's
+    # counts sit under "other").
+    by_trigger: dict[tuple[str, str], int] = field(default_factory=dict)
+    retried: int = 0  # failed runs the API retries (attempt <= max_retries)
+    queue: Histogram | None = None  # QUEUE_BUCKETS
+    consecutive: int = 0  # final failures since the last completed run
+    last_run: float | None = None  # created_at of the newest run seen
+    last_failure: float | None = None  # completed_at (else created_at) of the newest failure
+    announced: list[float] = field(default_factory=list)  # sorted trigger times, unanswered
 
     def watermark(self) -> float | None:
         """Creation time of the newest tracked run."""
@@ -141,6 +166,7 @@ class RunStore:
         history: bool,
         vanished: Iterable[str] = (),
         counted_since: float | None = None,
+        max_retries: int | None = None,
     ) -> ApplyResult:
         """Fold one poll's sightings of a deployment's runs into its state.
 
@@ -148,13 +174,16 @@ class RunStore:
         as history, not counted: a restart must not replay the window into increase(). Runs
         that finished after counted_since (when the exporter started) are counted even
         then: the first sync may come late, after the API was unreachable at start.
+        max_retries is the deployment's: a failed run with attempt <= it will be retried.
+        Runs are folded in creation order, so the failure streak follows the feed.
         """
         state = self.deployments.get(deployment_id)
         if state is None:
             state = self.deployments[deployment_id] = DeploymentState(floor=now - lookback)
             self.changes += 1
         counted = new_in_flight = updated = 0
-        for run in merge_duplicates(runs).values():
+        merged = sorted(merge_duplicates(runs).values(), key=lambda r: (r.created_at, r.id))
+        for run in merged:
             if run.deployment_id != deployment_id:
                 continue
             self._note_outcome(state, run)
@@ -167,8 +196,9 @@ class RunStore:
                     new_in_flight += 1
                 elif run.created_at >= state.floor:
                     if not history or _finished_since(run, counted_since):
-                        self._count(state, run)
+                        self._count(state, run, max_retries)
                         counted += 1
+                    _fold_streak(state, run, max_retries)
                     state.runs[run.id] = Tracked(run.created_at, run.status, True)
                     updated += 1
                 # else: below the floor, so already counted and evicted, or history.
@@ -177,7 +207,8 @@ class RunStore:
                 updated += 1
                 if run.terminal:
                     tracked.accounted = True
-                    self._count(state, run)
+                    self._count(state, run, max_retries)
+                    _fold_streak(state, run, max_retries)
                     counted += 1
             # An accounted run never changes: a regressed status is an API glitch.
         gone = 0
@@ -234,7 +265,42 @@ class RunStore:
     def size(self) -> int:
         return sum(len(s.runs) for s in self.deployments.values())
 
+    def note_schedule(self, deployment_id: str, info: Deployment | None) -> None:
+        """Remember the trigger times the deployment's metadata announces.
+
+        Called after each sync of the deployment (before the state is saved). Manual,
+        paused and archived deployments are not expected to run: their memory is cleared,
+        so a slot announced before a pause cannot count as missed once resumed.
+        """
+        state = self.deployments.get(deployment_id)
+        if state is None or info is None:
+            return
+        kept: list[float] = []
+        if _expected_to_run(info):
+            fresh = list(info.upcoming_runs_at)
+            if info.next_trigger_at is not None:
+                fresh.append(info.next_trigger_at)
+            kept = remember_announced(state.announced, fresh, state.last_run)
+        if kept != state.announced:
+            state.announced = kept
+            self.changes += 1
+
+    def expected(self, deployment_id: str, info: Deployment | None) -> float | None:
+        """The expected run time (see expected_run), None when not expected to run."""
+        state = self.deployments.get(deployment_id)
+        if state is None or info is None or not _expected_to_run(info):
+            return None
+        return expected_run(state.announced, state.last_run)
+
     def _note_outcome(self, state: DeploymentState, run: Run) -> None:
+        if state.last_run is None or run.created_at > state.last_run:
+            state.last_run = run.created_at
+            self.changes += 1
+        if run.status == "failed":
+            failed = run.completed_at if run.completed_at is not None else run.created_at
+            if state.last_failure is None or failed > state.last_failure:
+                state.last_failure = failed
+                self.changes += 1
         if run.status == "completed":
             finished = run.completed_at if run.completed_at is not None else run.created_at
             if state.last_success is None or finished > state.last_success:
@@ -246,16 +312,90 @@ class RunStore:
                 state.last_finished = key
                 self.changes += 1
 
-    def _count(self, state: DeploymentState, run: Run) -> None:
+    def _count(self, state: DeploymentState, run: Run, max_retries: int | None) -> None:
         state.totals[run.status] += 1
-        if run.duration_s is not None:
+        key = (run.status, trigger_label(run.trigger))
+        state.by_trigger[key] = state.by_trigger.get(key, 0) + 1
+        duration = run_duration(run)
+        if duration is not None:
             hist = state.durations.get(run.status)
             if hist is None:
                 hist = state.durations[run.status] = Histogram([0] * (len(self.buckets) + 1))
-            hist.observe(self.buckets, run.duration_s)
+            hist.observe(self.buckets, duration)
+        queued = queue_time(run)
+        if queued is not None:
+            if state.queue is None:
+                state.queue = Histogram([0] * (len(QUEUE_BUCKETS) + 1))
+            state.queue.observe(QUEUE_BUCKETS, queued)
         if run.status == "failed":
-            key = run.error_type or "unknown_error"
-            state.errors[key] = state.errors.get(key, 0) + 1
+            error = run_error_label(run.error_type)
+            state.errors[error] = state.errors.get(error, 0) + 1
+            if will_retry(run, max_retries):
+                state.retried += 1
+
+
+def run_duration(run: Run) -> float | None:
+    """duration_ms, else for a failed run completed_at - started_at (the API's own formula)."""
+    if run.duration_s is not None:
+        return run.duration_s
+    if run.status == "failed" and run.completed_at is not None and run.started_at is not None:
+        span = run.completed_at - run.started_at
+        return span if 0.0 <= span <= _MAX_SPAN_S else None
+    return None
+
+
+def queue_time(run: Run) -> float | None:
+    """cas_run_extras.started_at - triggered_at, where the API gives both and it is sane."""
+    if run.started_at is None or run.triggered_at is None:
+        return None
+    span = run.started_at - run.triggered_at
+    if -1.0 <= span < 0.0:
+        return 0.0  # the two clocks' rounding, not a run that started before its trigger
+    return span if 0.0 <= span <= _MAX_SPAN_S else None
+
+
+def will_retry(run: Run, max_retries: int | None) -> bool:
+    """A failed run the API retries: attempt <= max_retries; unknown either way: final."""
+    return (
+        run.status == "failed"
+        and run.attempt is not None
+        and max_retries is not None
+        and run.attempt <= max_retries
+    )
+
+
+def _fold_streak(state: DeploymentState, run: Run, max_retries: int | None) -> None:
+    # Only accounted runs reach here, each once: a completion resets, a final failure adds,
+    # a skipped run (the scheduler fired while one was running) leaves the streak alone.
+    if run.status == "completed":
+        state.consecutive = 0
+    elif run.status == "failed" and not will_retry(run, max_retries):
+        state.consecutive += 1
+
+
+def _expected_to_run(info: Deployment) -> bool:
+    return not (info.manual or info.archived or info.status == "paused")
+
+
+def remember_announced(
+    kept: list[float], fresh: Iterable[float], last_run: float | None
+) -> list[float]:
+    """The announced trigger times still unanswered by a run, the earliest MAX_ANNOUNCED."""
+    answered = float("-inf") if last_run is None else last_run + TRIGGER_SLACK_S
+    times = {t for t in kept if t > answered}
+    times.update(t for t in fresh if t > answered)
+    return sorted(times)[:MAX_ANNOUNCED]
+
+
+def expected_run(announced: Iterable[float], last_run: float | None) -> float | None:
+    """When the next run is due: the earliest announced time no run has answered yet.
+
+    A time s is answered by a run created after s - TRIGGER_SLACK_S (fire jitter). While
+    the scheduler keeps time this is a future time; once it stops firing, the value stays
+    at the missed slot, so `time() - this > grace` is the missed-schedule alert.
+    """
+    answered = float("-inf") if last_run is None else last_run + TRIGGER_SLACK_S
+    return min((t for t in announced if t > answered), default=None)
 
 
 def _finished_since(run: Run, since: float | None) -> bool:

@@ -57,7 +57,9 @@ class Tracker:
             history=history,
             vanished=fetched.vanished,
             counted_since=self.started_at,
+            max_retries=info.max_retries if info is not None else None,
         )
+        self.store.note_schedule(dep_id, info)
         if result.vanished:
             log.warning("deployment %s: %d in-flight runs vanished", dep_id, result.vanished)
         status.ok, status.error = True, None

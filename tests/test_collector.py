@@ -11,8 +11,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from qoder_exporter import __version__
-from qoder_exporter.collector import Exposition
-from qoder_exporter.models import Deployment
+from qoder_exporter.collector import API_ENDPOINTS, API_ERROR_TYPES, Exposition
+from qoder_exporter.models import RUN_ERROR_TYPES, Deployment
 from qoder_exporter.snapshot import DeploymentView, HistogramData, Snapshot
 
 GOLDEN = Path(__file__).parent / "testdata" / "golden.prom"
@@ -28,6 +28,8 @@ def fixed_snapshot() -> Snapshot:
         schedule="30 9 * * 1-5 (UTC)",
         consecutive_failures=1,
         next_trigger_at=NOW + 600,
+        agent_version="3",
+        upcoming_runs_at=(NOW + 300, NOW + 3900),  # preferred over next_trigger_at
     )
     paused = Deployment(
         id="dep_019ec556114c78f8b60ee34fcb98bf60",
@@ -36,6 +38,14 @@ def fixed_snapshot() -> Snapshot:
         agent_id="agent_1",
         schedule="manual",
         paused_reason="error",
+    )
+    archived = Deployment(
+        id="dep_019ec556114c78f8b60ee34fcb98bf61",
+        name="old_archived_1781000000",
+        status="active",  # the API keeps it: the info metric says archived
+        agent_id="agent_2",
+        schedule="0 * * * * (UTC)",
+        archived=True,
     )
     return Snapshot(
         taken_at=NOW,
@@ -46,11 +56,23 @@ def fixed_snapshot() -> Snapshot:
                 info=dep,
                 recent={"pending": 1, "running": 2, "completed": 10, "failed": 3, "skipped": 1},
                 totals={"completed": 4, "failed": 2, "skipped": 1},
+                by_trigger={
+                    ("completed", "schedule"): 3,
+                    ("completed", "manual"): 1,
+                    ("failed", "retry"): 2,
+                    ("skipped", "schedule"): 1,
+                },
+                retried_failures=1,
+                queue=HistogramData((1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3), 4000.5),
+                consecutive_failures=2,
+                last_run=NOW - 60.0,
+                last_failure=NOW - 30.0,
+                expected_run=NOW + 300,
                 durations={
                     "completed": HistogramData((1, 3, 4), 130.5),
                     "failed": HistogramData((2, 2, 2), 9.0),
                 },
-                errors={"unknown_error": 2},
+                errors={"unknown_error": 1, "not_documented_error": 1},
                 last_success=NOW - 120.0,
                 last_finished_status="failed",
                 oldest_in_flight={"running": NOW - 3600.0},
@@ -72,6 +94,21 @@ def fixed_snapshot() -> Snapshot:
                 last_sync=NOW,
                 last_error="list_runs: HTTP 500",
             ),
+            DeploymentView(
+                id=archived.id,
+                info=archived,
+                recent={},
+                totals={"completed": 2},  # no by_trigger (a view from an old state): "other"
+                durations={},
+                errors={},
+                last_success=NOW - 86400.0,
+                last_finished_status="completed",
+                oldest_in_flight={},
+                sync_ok=True,
+                last_sync=NOW,
+                last_error=None,
+                last_run=NOW - 86400.0 - 10,
+            ),
         ),
         up=True,
         polls_done=3,
@@ -85,6 +122,7 @@ def fixed_snapshot() -> Snapshot:
         rate_limit_waits=2,
         rate_limit_wait_seconds=0.5,
         invalid_records={"run": 1},
+        api_errors={("list_runs", "api_error"): 2, ("list_runs", "teapot_error"): 1},
         tracked_runs=17,
     )
 
@@ -109,14 +147,14 @@ def test_golden_text_exposition() -> None:
 
 def test_text_exposition_parses_back() -> None:
     families = {f.name: f for f in text_string_to_metric_families(render().decode())}
-    runs = {
-        (s.labels["status"]): s.value
-        for s in families["qoder_deployment_runs"].samples
-        if s.labels["deployment_id"].endswith("59") and s.name.endswith("_total")
-    }
+    runs: dict[str, float] = {}
+    for s in families["qoder_deployment_runs"].samples:
+        if s.labels["deployment_id"].endswith("59") and s.name.endswith("_total"):
+            runs[s.labels["status"]] = runs.get(s.labels["status"], 0.0) + s.value
     assert runs == {"completed": 4.0, "failed": 2.0, "skipped": 1.0}
     ages = families["qoder_deployment_last_success_age_seconds"].samples
-    assert [s.value for s in ages] == [150.0]  # 30 s after the snapshot, 120 s before it
+    # 30 s after the snapshot, 120 s (and a day) before it
+    assert [s.value for s in ages] == [150.0, 86430.0]
     info = families["qoder_deployment_info"].samples[0]
     assert info.labels["name"] == 'nightly "report"'
     build = families["qoder_exporter_build_info"].samples[0]
@@ -153,3 +191,61 @@ def test_snapshot_swap_is_atomic_for_readers() -> None:
     after = expo.body(openmetrics=False, compress=False)
     assert before != after
     assert b"dep_019ec556114c78f8b60ee34fcb98bf59" not in after
+
+
+def _samples(name: str) -> list[tuple[dict[str, str], float]]:
+    families = {f.name: f for f in text_string_to_metric_families(render().decode())}
+    return [(s.labels, s.value) for s in families[name].samples if not s.name.endswith("_created")]
+
+
+def test_every_status_and_trigger_is_present_from_zero() -> None:
+    deps = [d.id for d in fixed_snapshot().deployments]
+    seen = {
+        (lb["deployment_id"], lb["status"], lb["trigger"])
+        for lb, _ in _samples("qoder_deployment_runs")
+    }
+    assert seen == {
+        (d, s, t)
+        for d in deps
+        for s in ("completed", "failed", "skipped")
+        for t in ("schedule", "manual", "retry", "other")
+    }
+
+
+def test_run_error_types_are_bounded_and_present_from_zero() -> None:
+    by_dep: dict[str, dict[str, float]] = {}
+    for lb, value in _samples("qoder_deployment_run_errors"):
+        by_dep.setdefault(lb["deployment_id"], {})[lb["error_type"]] = value
+    assert len(by_dep) == 3
+    for errors in by_dep.values():
+        assert set(errors) == set(RUN_ERROR_TYPES)
+    first = by_dep["dep_019ec556114c78f8b60ee34fcb98bf59"]
+    assert first["unknown_error"] == 1.0 and first["other"] == 1.0  # not_documented_error
+    assert sum(first.values()) == 2.0
+
+
+def test_api_errors_are_bounded_and_present_from_zero() -> None:
+    errors = {
+        (lb["endpoint"], lb["error_type"]): v for lb, v in _samples("qoder_exporter_api_errors")
+    }
+    assert set(errors) == {(e, k) for e in API_ENDPOINTS for k in API_ERROR_TYPES}
+    assert errors[("list_runs", "api_error")] == 2.0
+    assert errors[("list_runs", "other")] == 1.0  # teapot_error
+    assert errors[("get_run_global", "timeout")] == 0.0
+
+
+def test_archived_deployment_reads_archived_and_has_no_expected_run() -> None:
+    info = {lb["deployment_id"]: lb for lb, _ in _samples("qoder_deployment_info")}
+    assert info["dep_019ec556114c78f8b60ee34fcb98bf61"]["status"] == "archived"
+    assert info["dep_019ec556114c78f8b60ee34fcb98bf59"]["agent_version"] == "3"
+    archived = {lb["deployment_id"]: v for lb, v in _samples("qoder_deployment_archived")}
+    assert archived["dep_019ec556114c78f8b60ee34fcb98bf61"] == 1.0
+    expected = {
+        lb["deployment_id"] for lb, _ in _samples("qoder_deployment_expected_run_timestamp_seconds")
+    }
+    assert expected == {"dep_019ec556114c78f8b60ee34fcb98bf59"}
+
+
+def test_next_trigger_prefers_upcoming_runs_at() -> None:
+    values = [v for _, v in _samples("qoder_deployment_next_trigger_timestamp_seconds")]
+    assert values == [NOW + 300]  # not stats.next_trigger_at (NOW + 600)

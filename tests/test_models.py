@@ -8,11 +8,15 @@ from typing import Any
 import pytest
 
 from qoder_exporter.models import (
+    RUN_ERROR_TYPES,
     STATUSES,
+    TRIGGERS,
     ParseError,
     parse_deployment,
     parse_run,
     parse_timestamp,
+    run_error_label,
+    trigger_label,
 )
 
 G1_COMPLETED: dict[str, Any] = {
@@ -185,3 +189,94 @@ def test_minimal_deployment_and_g2_string_metadata() -> None:
 def test_deployment_without_id_is_rejected() -> None:
     with pytest.raises(ParseError, match=r"deployment\.id"):
         parse_deployment({"name": "x"})
+
+
+def test_run_attempt_and_trigger_time() -> None:
+    run = parse_run(G1_COMPLETED)
+    assert run.attempt == 1
+    assert run.triggered_at == pytest.approx(parse_timestamp("2026-06-14T08:58:17.13334Z"))
+    g2 = parse_run(G2_FAILED)
+    assert g2.attempt is None and g2.triggered_at is None
+
+
+@pytest.mark.parametrize("attempt", [True, -1, 2**60, "2", 1.5, None])
+def test_unusable_attempt_is_unknown_not_an_error(attempt: object) -> None:
+    extras = {**G1_COMPLETED["cas_run_extras"], "attempt": attempt}
+    run = parse_run({**G1_COMPLETED, "cas_run_extras": extras, "triggered_at": "yesterday"})
+    assert run.attempt is None and run.triggered_at is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "label"),
+    [
+        ("schedule", "schedule"),
+        ("manual", "manual"),
+        ("retry", "retry"),
+        ("webhook", "other"),
+        ("", "other"),
+        (None, "other"),
+        ("x" * 10_000, "other"),
+    ],
+)
+def test_trigger_label_is_bounded(raw: str | None, label: str) -> None:
+    assert trigger_label(raw) == label
+    assert label in TRIGGERS
+
+
+def test_run_error_label_is_bounded() -> None:
+    assert run_error_label("organization_disabled_error") == "organization_disabled_error"
+    assert run_error_label("brand_new_error") == "other"
+    assert run_error_label(None) == "unknown_error"
+    assert len(RUN_ERROR_TYPES) == len(set(RUN_ERROR_TYPES)) == 17
+
+
+def test_deployment_schedule_retry_and_archive_fields() -> None:
+    dep = parse_deployment(
+        {
+            "id": "dep_1",
+            "status": "active",
+            "archived_at": "2026-06-14T09:00:00Z",
+            "agent": {"id": "agent_x", "type": "agent", "version": 7},
+            "schedule": {
+                "type": "cron",
+                "expression": "30 * * * *",
+                "timezone": "UTC",
+                "upcoming_runs_at": ["2026-06-15T02:30:00Z", "bad", "2026-06-15T01:30:00Z"],
+            },
+            "metadata": {
+                "cas_config": {
+                    "config": {"max_retries": 2},
+                    "stats": {"next_trigger_at": "2026-06-15T03:30:00Z"},
+                }
+            },
+        }
+    )
+    assert dep.archived and dep.agent_version == "7" and dep.max_retries == 2
+    first, second = parse_timestamp("2026-06-15T01:30:00Z"), parse_timestamp("2026-06-15T02:30:00Z")
+    assert dep.upcoming_runs_at == (first, second)  # sorted, the bad entry dropped
+    assert dep.next_trigger == first  # upcoming_runs_at before stats.next_trigger_at
+    assert not dep.manual
+
+
+def test_deployment_without_schedule_extras() -> None:
+    dep = parse_deployment(
+        {
+            "id": "dep_1",
+            "archived_at": None,
+            "agent": {"version": {"not": "a version"}},
+            "schedule": {"expression": "0 * * * *", "upcoming_runs_at": "soon"},
+            "metadata": {"cas_config": {"config": {"max_retries": "3"}, "stats": {}}},
+        }
+    )
+    assert not dep.archived and dep.agent_version == "" and dep.max_retries is None
+    assert dep.upcoming_runs_at == () and dep.next_trigger is None
+    manual = parse_deployment({"id": "dep_2", "schedule": None})
+    assert manual.manual and manual.next_trigger is None
+
+
+def test_upcoming_runs_at_is_bounded() -> None:
+    many = [f"2026-06-15T01:{m:02d}:00Z" for m in range(60)]
+    dep = parse_deployment(
+        {"id": "dep_1", "schedule": {"expression": "* * * * *", "upcoming_runs_at": many}}
+    )
+    assert len(dep.upcoming_runs_at) == 10

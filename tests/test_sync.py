@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qoder_exporter.models import Run
-from qoder_exporter.sync import JUMP_SLACK, Jump, RunStore, SyncPlan, plan_jumps, reached_known
+from qoder_exporter import state as state_mod
+from qoder_exporter.models import Deployment, Run
+from qoder_exporter.sync import (
+    JUMP_SLACK,
+    MAX_ANNOUNCED,
+    Jump,
+    RunStore,
+    SyncPlan,
+    expected_run,
+    plan_jumps,
+    reached_known,
+    remember_announced,
+)
 
 DEP = "dep_a"
 H = 3600.0
@@ -150,13 +163,21 @@ def test_histogram_and_errors_observed_once() -> None:
     poll(
         s, T0 + 60, [at("r1", 10, "completed", duration=5), at("r2", 20, "completed", duration=61)]
     )
-    poll(s, T0 + 120, [at("r1", 10, "completed", duration=5), _failed("r3", 30, "x_error")])
+    poll(
+        s,
+        T0 + 120,
+        [
+            at("r1", 10, "completed", duration=5),
+            _failed("r3", 30, "agent_archived_error"),
+            _failed("r4", 40, "x_error"),  # not a documented type: bounded to "other"
+        ],
+    )
     state = s.deployments[DEP]
     hist = state.durations["completed"]
     assert hist.cumulative() == [1, 1, 2, 2]  # le=10, 60, 600, +Inf
     assert hist.total == pytest.approx(66.0)
-    assert state.errors == {"x_error": 1}
-    assert state.durations["failed"].cumulative() == [0, 1, 1, 1]
+    assert state.errors == {"agent_archived_error": 1, "other": 1}
+    assert state.durations["failed"].cumulative() == [0, 2, 2, 2]
 
 
 def _failed(rid: str, offset: float, error: str) -> Run:
@@ -346,3 +367,298 @@ def test_jumps_cover_every_target_once_with_the_fewest_requests(
         if i > end:
             pages, end = pages + 1, i + limit - 1
     assert len(jumps) + len(singles) == pages + (0 in picked)
+
+
+# --- issue 13: triggers, retries, failure streaks, schedule adherence -----------------
+
+
+def ext(
+    rid: str,
+    offset: float,
+    status: str,
+    *,
+    trigger: str | None = "schedule",
+    attempt: int | None = None,
+    started: float | None = None,
+    triggered: float | None = None,
+    duration: float | None = None,
+    completed: float | None = None,
+    error: str | None = None,
+) -> Run:
+    created = T0 + offset
+    if status in ("completed", "failed") and completed is None:
+        completed = created + 30
+    return Run(
+        id=rid,
+        deployment_id=DEP,
+        created_at=created,
+        status=status,
+        completed_at=None if completed is None else completed,
+        duration_s=duration,
+        started_at=None if started is None else T0 + started,
+        error_type=error or ("unknown_error" if status == "failed" else None),
+        trigger=trigger,
+        attempt=attempt,
+        triggered_at=None if triggered is None else T0 + triggered,
+    )
+
+
+def test_finished_runs_are_counted_by_bounded_trigger() -> None:
+    s = store()
+    poll(s, T0, [])
+    poll(
+        s,
+        T0 + 60,
+        [
+            ext("a", 1, "completed", trigger="schedule"),
+            ext("b", 2, "failed", trigger="retry"),
+            ext("c", 3, "skipped", trigger="manual"),
+            ext("d", 4, "completed", trigger="webhook"),
+            ext("e", 5, "completed", trigger=None),
+            ext("f", 6, "running", trigger="schedule"),
+        ],
+    )
+    state = s.deployments[DEP]
+    assert state.by_trigger == {
+        ("completed", "schedule"): 1,
+        ("failed", "retry"): 1,
+        ("skipped", "manual"): 1,
+        ("completed", "other"): 2,
+    }
+    assert state.totals == {"completed": 3, "failed": 1, "skipped": 1}
+
+
+@pytest.mark.parametrize(
+    ("attempt", "max_retries", "retried"),
+    [(1, 2, True), (2, 2, True), (3, 2, False), (1, 0, False), (None, 2, False), (1, None, False)],
+)
+def test_retried_failures_are_those_the_api_will_retry(
+    attempt: int | None, max_retries: int | None, retried: bool
+) -> None:
+    s = store()
+    s.apply(DEP, [], T0, LOOKBACK, history=True)
+    s.apply(
+        DEP,
+        [ext("f", 10, "failed", attempt=attempt)],
+        T0 + 60,
+        LOOKBACK,
+        history=False,
+        max_retries=max_retries,
+    )
+    state = s.deployments[DEP]
+    assert state.totals["failed"] == 1
+    assert state.retried == int(retried)
+    assert state.consecutive == int(not retried)  # a retried failure is not final
+
+
+def test_consecutive_failures_follow_creation_order_and_reset_on_success() -> None:
+    s = store()
+    poll(s, T0, [])
+    # One page, newest first as the API sends it: folded oldest first.
+    page = [
+        ext("r4", 40, "failed"),
+        ext("r3", 30, "skipped"),  # the scheduler fired during r2: no change
+        ext("r2", 20, "failed"),
+        ext("r1", 10, "completed"),
+    ]
+    poll(s, T0 + 60, page)
+    assert s.deployments[DEP].consecutive == 2
+    poll(s, T0 + 120, [ext("r5", 70, "failed")])
+    assert s.deployments[DEP].consecutive == 3
+    poll(s, T0 + 180, [ext("r5", 70, "failed"), ext("r6", 130, "completed")])
+    assert s.deployments[DEP].consecutive == 0
+
+
+def test_consecutive_failures_come_from_the_first_syncs_history() -> None:
+    s = store()
+    history = [ext("h1", -3 * H, "completed"), ext("h2", -2 * H, "failed"), ext("h3", -H, "failed")]
+    poll(s, T0, history)
+    state = s.deployments[DEP]
+    assert state.totals["failed"] == 0  # history is not counted ...
+    assert state.consecutive == 2  # ... but the streak is computed from it
+    poll(s, T0 + 60, history)  # seen again: not folded twice
+    assert state.consecutive == 2
+
+
+def test_in_flight_run_counts_in_the_streak_when_it_finishes() -> None:
+    s = store()
+    poll(s, T0, [ext("a", -100, "failed"), ext("b", -50, "running")])
+    assert s.deployments[DEP].consecutive == 1
+    poll(s, T0 + 60, [ext("b", -50, "failed")])
+    assert s.deployments[DEP].consecutive == 2
+
+
+def test_last_run_and_last_failure_times() -> None:
+    s = store()
+    poll(s, T0, [ext("old", -5 * 24 * H, "failed", completed=T0 - 5 * 24 * H + 9)])
+    state = s.deployments[DEP]
+    assert state.last_run == T0 - 5 * 24 * H  # history, even beyond the window
+    assert state.last_failure == T0 - 5 * 24 * H + 9
+    poll(s, T0 + 60, [ext("p", 30, "pending")])
+    assert state.last_run == T0 + 30  # any status
+    poll(s, T0 + 120, [ext("f", 40, "failed", completed=None, trigger="manual")])
+    assert state.last_failure == T0 + 40 + 30
+    g2 = ext("g2", 100, "failed")
+    poll(s, T0 + 180, [Run(g2.id, DEP, g2.created_at, "failed", error_type="unknown_error")])
+    assert state.last_failure == T0 + 100  # no completed_at: created_at
+
+
+def test_queue_time_observed_once_where_the_api_gives_both() -> None:
+    s = store()
+    poll(s, T0, [])
+    runs = [
+        ext("a", 10, "completed", triggered=10, started=13),  # 3 s
+        ext("b", 20, "completed", triggered=20, started=19.5),  # rounding: 0 s
+        ext("c", 30, "completed", triggered=30, started=None),  # no start: not observed
+        ext("d", 40, "failed", triggered=40, started=-5000),  # nonsense: not observed
+        ext("e", 50, "running", triggered=50, started=52),  # not finished yet
+    ]
+    poll(s, T0 + 60, runs)
+    poll(s, T0 + 120, runs)  # seen again: observed once
+    queue = s.deployments[DEP].queue
+    assert queue is not None
+    assert queue.cumulative()[:2] == [1, 2]  # le=1, le=5
+    assert queue.cumulative()[-1] == 2
+    assert queue.total == pytest.approx(3.0)
+
+
+def test_failed_run_without_duration_uses_completed_minus_started() -> None:
+    s = store()
+    poll(s, T0, [])
+    runs = [
+        ext("f1", 10, "failed", started=11, completed=T0 + 41),  # 30 s
+        ext("f2", 20, "failed", started=None),  # no start: not observed
+        ext("c1", 30, "completed", started=31, completed=T0 + 35),  # completed: duration_ms only
+    ]
+    poll(s, T0 + 60, runs)
+    state = s.deployments[DEP]
+    assert state.durations["failed"].cumulative() == [0, 1, 1, 1]
+    assert state.durations["failed"].total == pytest.approx(30.0)
+    assert "completed" not in state.durations
+
+
+M = 60.0
+
+
+@pytest.mark.parametrize(
+    ("announced", "last_run", "expected"),
+    [
+        ([], None, None),
+        ([T0 + H], None, T0 + H),
+        ([T0, T0 + H], T0 - 1, T0 + H),  # T0 answered by a run a second early
+        ([T0, T0 + H], T0 - M, T0 + H),  # exactly the slack: answered
+        ([T0, T0 + H], T0 - M - 1, T0),  # the run came too early: T0 still expected
+        ([T0, T0 + H], T0 + H + 5, None),  # all answered, nothing new announced
+        ([T0 + 2 * H, T0, T0 + H], T0 - 10 * H, T0),  # any order: the earliest
+    ],
+)
+def test_expected_run(
+    announced: list[float], last_run: float | None, expected: float | None
+) -> None:
+    assert expected_run(announced, last_run) == expected
+
+
+def test_remembered_trigger_times_are_bounded_and_drop_answered_ones() -> None:
+    kept = remember_announced([T0, T0 + H], [T0 + k * H for k in range(1, 30)], T0 + 10)
+    assert kept == [T0 + k * H for k in range(1, MAX_ANNOUNCED + 1)]
+
+
+def _dep(**kw: object) -> Deployment:
+    base: dict[str, object] = {
+        "id": DEP,
+        "name": "n",
+        "status": "active",
+        "agent_id": "a",
+        "schedule": "0 * * * * (UTC)",
+    }
+    return Deployment(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def note(s: RunStore, dep_id: str, info: Deployment) -> float | None:
+    """What a poll does: note the metadata after the sync, read the value at snapshot."""
+    s.note_schedule(dep_id, info)
+    return s.expected(dep_id, info)
+
+
+def test_expected_run_stays_at_the_missed_slot_when_the_scheduler_stops() -> None:
+    s = store()
+    poll(s, T0, [ext("r0", -5, "completed")])
+    # On time: the next hourly slot, announced by upcoming_runs_at and next_trigger_at.
+    info = _dep(upcoming_runs_at=(T0 + H, T0 + 2 * H), next_trigger_at=T0 + H)
+    assert note(s, DEP, info) == T0 + H
+    # The run at T0 + H came: the slot is answered and the next one is expected.
+    poll(s, T0 + H + 30, [ext("r1", H + 2, "completed")])
+    info = _dep(upcoming_runs_at=(T0 + 2 * H, T0 + 3 * H))
+    assert note(s, DEP, info) == T0 + 2 * H
+    # The scheduler stalls; the API keeps announcing later slots: the missed one stays.
+    for hour in (3, 4, 5):
+        info = _dep(upcoming_runs_at=(T0 + hour * H, T0 + (hour + 1) * H))
+        assert note(s, DEP, info) == T0 + 2 * H
+    # The remembered slot survives a restart through the state file.
+    copy = store()
+    state_mod.restore(json.loads(json.dumps(state_mod.dump(s, "u"))), copy, "u")
+    assert note(copy, DEP, _dep()) == T0 + 2 * H
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"schedule": "manual"}, {"archived": True}, {"status": "paused", "paused_reason": "manual"}],
+)
+def test_no_expected_run_when_not_expected_to_run(change: dict[str, object]) -> None:
+    s = store()
+    poll(s, T0, [])
+    assert note(s, DEP, _dep(next_trigger_at=T0 - H)) == T0 - H  # missed
+    assert note(s, DEP, _dep(next_trigger_at=T0 - H, **change)) is None
+    # Its memory is gone: resumed, it waits for the newly announced slot only.
+    assert note(s, DEP, _dep(next_trigger_at=T0 + H)) == T0 + H
+    assert note(s, "dep_unknown", _dep()) is None
+
+
+def test_state_file_round_trips_the_new_fields() -> None:
+    s = store()
+    poll(s, T0, [ext("h", -H, "failed")])
+    s.apply(
+        DEP,
+        [ext("a", 10, "failed", attempt=1, triggered=10, started=12, trigger="retry")],
+        T0 + 60,
+        LOOKBACK,
+        history=False,
+        max_retries=1,
+    )
+    s.note_schedule(DEP, _dep(upcoming_runs_at=(T0 + H,)))
+    doc = json.loads(json.dumps(state_mod.dump(s, "u")))
+    assert doc["version"] == 2
+    copy = store()
+    state_mod.restore(doc, copy, "u")
+    assert state_mod.dump(copy, "u")["deployments"] == doc["deployments"]
+    st = copy.deployments[DEP]
+    assert st.by_trigger == {("failed", "retry"): 1} and st.retried == 1
+    assert st.consecutive == 1 and st.queue is not None and st.announced == [T0 + H]
+
+
+def test_version_1_state_file_is_read_with_its_counts_under_other() -> None:
+    v1 = {
+        "format": "qoder-exporter-state",
+        "version": 1,
+        "api_url": "u",
+        "buckets": [10.0, 60.0, 600.0],
+        "deployments": {
+            DEP: {
+                "floor": T0 - LOOKBACK,
+                "runs": {"r1": [T0 - 10, "completed", True]},
+                "totals": {"completed": 5, "failed": 2, "skipped": 0},
+                "durations": {},
+                "errors": {"unknown_error": 1, "made_up_error": 1},
+                "last_success": T0 - 10,
+                "last_finished": [T0 - 10, "r1", "completed"],
+            }
+        },
+    }
+    s = store()
+    assert state_mod.restore(v1, s, "u") == 1
+    st = s.deployments[DEP]
+    assert st.by_trigger == {("completed", "other"): 5, ("failed", "other"): 2}
+    assert st.errors == {"unknown_error": 1, "other": 1}
+    assert st.consecutive == 0 and st.last_run is None and st.announced == []
+    with pytest.raises(state_mod.StateError, match="version"):
+        state_mod.restore({**v1, "version": 3}, store(), "u")
