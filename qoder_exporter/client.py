@@ -8,6 +8,7 @@ import logging
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,13 @@ class Page:
     data: list[Any]
     has_more: bool
     last_id: str | None
+    next_page: str | None = None  # the record-only generation's opaque cursor
+
+
+class PageCursor(str):
+    """A `next_page` token: sent as `page=` where a plain cursor is sent as `after_id=`."""
+
+    __slots__ = ()
 
 
 RequestObserver = Callable[[str, str, float], None]  # (endpoint, code, seconds)
@@ -228,15 +236,39 @@ class QoderClient:
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self._object("get_run_global", f"/deployment_runs/{run_id}")
 
+    def list_sessions(
+        self,
+        deployment_id: str,
+        *,
+        created_gte: str,
+        limit: int = 100,
+        after_id: str | None = None,
+    ) -> Page:
+        params = {"deployment_id": deployment_id, "created_at[gte]": created_gte}
+        return self._page("list_sessions", "/sessions", limit, after_id, params)
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        return self._object("get_session", f"/sessions/{urllib.parse.quote(session_id, safe='')}")
+
+    def list_session_events(
+        self, session_id: str, *, types: tuple[str, ...], order: str = "desc", limit: int = 10
+    ) -> Page:
+        # types[] repeated, as the SDK sends it; requests appends `params` to this query.
+        query = urllib.parse.urlencode([("types[]", t) for t in types])
+        path = f"/sessions/{urllib.parse.quote(session_id, safe='')}/events?{query}"
+        return self._page("list_session_events", path, limit, None, {"order": order})
+
     def pages(self, fetch: Callable[[str | None], Page]) -> Iterator[Page]:
-        """Follow after_id cursors; stops on has_more=false or a cursor that does not move."""
+        """Follow cursors: next_page (as page=) where the answer has one, else last_id (as
+        after_id=); stops on has_more=false or a cursor that does not move."""
         cursor: str | None = None
         while True:
             page = fetch(cursor)
             yield page
-            if not page.has_more or not page.last_id or page.last_id == cursor:
+            after = PageCursor(page.next_page) if page.next_page else page.last_id
+            if not page.has_more or not after or after == cursor:
                 return
-            cursor = page.last_id
+            cursor = after
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -245,7 +277,7 @@ class QoderClient:
     ) -> Page:
         query: dict[str, str] = {"limit": str(limit), **params}
         if after_id:
-            query["after_id"] = after_id
+            query["page" if isinstance(after_id, PageCursor) else "after_id"] = after_id
         body = self._get(endpoint, path, query)
         data = body.get("data")
         if not isinstance(data, list):
@@ -254,7 +286,13 @@ class QoderClient:
         if not isinstance(last_id, str):
             last = data[-1] if data else None
             last_id = last.get("id") if isinstance(last, dict) else None
-        return Page(data, bool(body.get("has_more")), last_id if isinstance(last_id, str) else None)
+        next_page = body.get("next_page")
+        return Page(
+            data,
+            bool(body.get("has_more")),
+            last_id if isinstance(last_id, str) else None,
+            next_page if isinstance(next_page, str) and 0 < len(next_page) <= 1024 else None,
+        )
 
     def _object(self, endpoint: str, path: str) -> dict[str, Any]:
         return self._get(endpoint, path, {})

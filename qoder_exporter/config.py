@@ -46,7 +46,10 @@ _TOP_KEYS = (
     "concurrency",
     "duration_buckets",
     "state_file",
+    "sessions",
+    "sessions_timeout",
 )
+_SESSIONS_MODES = ("auto", "always", "never")
 _API_KEYS = ("url", "token", "token_file", "timeout", "max_retries", "requests_per_second")
 _DEPLOYMENT_KEYS = ("id", "lookback")
 
@@ -165,6 +168,9 @@ class Config:
     concurrency: int = 8
     duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
     state_file: str | None = None
+    # Follow runs into their sessions: auto (runs without a status), always, never.
+    sessions: str = "auto"
+    sessions_timeout: float = 86400.0  # unresolved longer than this: outcome unknown
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -615,6 +621,10 @@ class _Reader:
         concurrency = self.integer("concurrency", top.get("concurrency"), 8, 1, 64)
         buckets = self.buckets(top.get("duration_buckets"))
         state_file = self.path("state_file", top.get("state_file"))
+        sessions = top.get("sessions", "auto")
+        if sessions not in _SESSIONS_MODES:
+            self.error("sessions", f"must be one of auto, always, never, got {self.show(sessions)}")
+        timeout = self.duration("sessions_timeout", top.get("sessions_timeout"), 86400.0, 60.0)
 
         # Cross-field rules, checked only when both sides were valid on their own.
         fields_ok = not any(p in ("poll_interval", "lookback") for p, _ in self.errors)
@@ -653,6 +663,8 @@ class _Reader:
             concurrency=concurrency,
             duration_buckets=buckets,
             state_file=state_file,
+            sessions=sessions if sessions in _SESSIONS_MODES else "auto",
+            sessions_timeout=timeout,
         )
 
     def api(self, value: object) -> ApiConfig:

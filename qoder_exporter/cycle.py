@@ -11,6 +11,7 @@ from .client import AuthenticationError, PermissionDeniedError, QoderClient, Qod
 from .feed import FeedReader
 from .fetched import Fetched
 from .reader import DeploymentReader
+from .sessions import SessionFollower
 from .tracker import Tracker
 from .watchlist import WatchList
 
@@ -35,6 +36,7 @@ class Cycle:
     reader: DeploymentReader
     feed: FeedReader
     executor: ThreadPoolExecutor
+    follower: SessionFollower | None = None
 
     def run(self, now: float, *, first: bool) -> None:
         """Raises CycleFailed when no deployment synced, or the auth error of any."""
@@ -69,6 +71,9 @@ class Cycle:
             total += len(result.fetched)
             for fetched in result.fetched:
                 ok += self._apply(fetched, now, failures)
+        if self.follower is not None:
+            # Runs awaiting their sessions: nothing is sent when there are none.
+            self.follower.follow(now, self.executor)
         for error in failures:
             if isinstance(error, (AuthenticationError, PermissionDeniedError)):
                 raise error

@@ -20,6 +20,7 @@ from .feed import FeedLimit, FeedReader
 from .models import Deployment
 from .reader import DeploymentReader
 from .selfmetrics import PollStats, SelfMetrics
+from .sessions import SessionFollower
 from .snapshot import Snapshot
 from .snapshot_builder import ReloadStatus, build_snapshot
 from .statewriter import StateWriter
@@ -75,6 +76,10 @@ class Poller:
         self.watch = WatchList(config, self.client, self.limit, count, self._drop, known)
         self.feed = FeedReader(self.client, self.backoff, self.limit, count)
         self.reader = DeploymentReader(self.client, self.backoff, config.page_size, count)
+        self.tracker.sessions_mode = config.sessions
+        follower = SessionFollower(
+            self.client, self.backoff, self.tracker, config.sessions_timeout, self._max_retries
+        )
         self.cycle = Cycle(
             config.discover,
             self.client,
@@ -84,6 +89,7 @@ class Poller:
             self.reader,
             self.feed,
             self._executor,
+            follower,
         )
 
     # --- public ------------------------------------------------------------------------
@@ -221,6 +227,10 @@ class Poller:
             self._build_parts(new, known)
             self._drop_unwatched()
         log.info("configuration applied")
+
+    def _max_retries(self, deployment_id: str) -> int | None:
+        info = self.watch.info(deployment_id)
+        return info.max_retries if info is not None else None
 
     def _drop(self, deployment_id: str) -> None:
         self.tracker.drop(deployment_id)  # the tracker of the moment: reloads replace it

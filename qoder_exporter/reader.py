@@ -69,7 +69,13 @@ class DeploymentReader:
                 if reached_known(runs, plan):
                     break
             refresh_in_flight(self.client, self.backoff, self.count_invalid, out, plan.in_flight)
-            if plan.initial and not any(r.status == "completed" for r in out.runs):
+            # Record-only runs never say "completed": their last success comes from sessions.
+            record_only = any(not r.has_status for r in out.runs)
+            if (
+                plan.initial
+                and not record_only
+                and not any(r.status == "completed" for r in out.runs)
+            ):
                 out.runs += self._last_success(deployment_id)
         except NotFoundError:
             out.deleted = True
