@@ -66,6 +66,12 @@ NO_DATA_ALLOWED = {
     # qoder_exporter_api_errors_total has a series per endpoint and error type only once a
     # request has failed; the harness's simulator injects no API fault, so there is none.
     ("API errors by type", "A"),
+    # Tokens, credits and list cost exist only for runs followed into their sessions (the
+    # record-only API shape); the harness's simulator is the status-bearing shape, so these
+    # series are declared but empty. tests/test_session_outcomes.py checks their values.
+    ("Cost per deployment per day", "A"),
+    ("Cost per deployment per day", "B"),
+    ("Tokens per day by kind", "A"),
 }
 
 
