@@ -75,7 +75,9 @@ class Poller:
         self.limit = FeedLimit.for_config(config)
         self.watch = WatchList(config, self.client, self.limit, count, self._drop, known)
         self.feed = FeedReader(self.client, self.backoff, self.limit, count)
-        self.reader = DeploymentReader(self.client, self.backoff, config.page_size, count)
+        self.reader = DeploymentReader(
+            self.client, self.backoff, config.page_size, count, config.sessions
+        )
         self.tracker.sessions_mode = config.sessions
         follower = SessionFollower(
             self.client, self.backoff, self.tracker, config.sessions_timeout, self._max_retries

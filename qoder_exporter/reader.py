@@ -13,6 +13,7 @@ from .backoff import Backoff, Paused
 from .client import NotFoundError, Page, QoderError, RateLimitedError
 from .fetched import Fetched, parse_records, refresh_in_flight
 from .models import Run, parse_run
+from .outcomes import apply_mode
 from .sync import SyncPlan, reached_known
 
 # Bound on pages read back through history to find a last success older than the window.
@@ -43,7 +44,9 @@ class DeploymentReader:
         backoff: Backoff,
         page_size: int,
         count_invalid: Callable[[str], None],
+        sessions_mode: str = "auto",
     ) -> None:
+        self.sessions_mode = sessions_mode
         self.client = client
         self.backoff = backoff
         self.page_size = page_size
@@ -69,13 +72,11 @@ class DeploymentReader:
                 if reached_known(runs, plan):
                     break
             refresh_in_flight(self.client, self.backoff, self.count_invalid, out, plan.in_flight)
-            # Record-only runs never say "completed": their last success comes from sessions.
-            record_only = any(not r.has_status for r in out.runs)
-            if (
-                plan.initial
-                and not record_only
-                and not any(r.status == "completed" for r in out.runs)
-            ):
+            # Followed record-only runs never say "completed": their sessions tell successes.
+            mode = self.sessions_mode
+            followed = mode != "never" and any(not r.has_status for r in out.runs)
+            seen = (apply_mode(r, mode) for r in out.runs)
+            if plan.initial and not followed and not any(r.status == "completed" for r in seen):
                 out.runs += self._last_success(deployment_id)
         except NotFoundError:
             out.deleted = True
@@ -97,7 +98,7 @@ class DeploymentReader:
         )
         for page in itertools.islice(pages, HISTORY_PAGES):
             # Filter here too: servers of the record-only generation ignore `status`.
-            for run in self._parse(page):
+            for run in (apply_mode(r, self.sessions_mode) for r in self._parse(page)):
                 if run.status == "completed" and run.deployment_id == deployment_id:
                     return [run]
         return []
