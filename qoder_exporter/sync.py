@@ -219,6 +219,10 @@ class RunStore:
             self._note_outcome(state, run)
             tracked = state.runs.get(run.id)
             if tracked is None:
+                if run.session_id is not None and run.created_at < state.floor:
+                    # An awaited run's record never changes: below the floor it was dealt
+                    # with (resolved and evicted, or older than the window at first sync).
+                    continue
                 if run.status in IN_FLIGHT:
                     # Never-seen in-flight runs are new whatever their age: nothing is
                     # evicted before it is accounted, so this run cannot be a repeat.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from qoder_exporter.sync import (
     JUMP_SLACK,
     MAX_ANNOUNCED,
     Jump,
+    Resolution,
     RunStore,
     SyncPlan,
     expected_run,
@@ -237,6 +239,22 @@ def test_evicted_runs_seen_again_are_not_recounted() -> None:
     poll(s, T0 + 25 * H, [])  # r1 leaves the window
     assert "r1" not in s.deployments[DEP].runs
     poll(s, T0 + 25 * H + 60, [at("r1", 10, "completed", duration=1)])  # overlap page
+    assert s.deployments[DEP].totals["completed"] == 1
+
+
+def test_resolved_session_run_seen_again_below_the_floor_is_not_recounted() -> None:
+    """A record-only run's record never changes: after it was resolved and evicted, a page
+    that shows it again must not make it awaited (and counted) a second time."""
+    s = store()
+    poll(s, T0, [])
+    record = dataclasses.replace(at("r1", 10, "running"), session_id="sess_1", has_status=False)
+    poll(s, T0 + 60, [record])
+    assert s.resolve(DEP, "r1", Resolution("completed", None, T0 + 100, 90.0))
+    assert not s.resolve(DEP, "r1", Resolution("completed", None, T0 + 100, 90.0))
+    poll(s, T0 + 25 * H, [])  # r1 leaves the window
+    assert "r1" not in s.deployments[DEP].runs
+    poll(s, T0 + 25 * H + 60, [record])  # a page deep enough to show it again
+    assert "r1" not in s.deployments[DEP].sessions
     assert s.deployments[DEP].totals["completed"] == 1
 
 
