@@ -37,12 +37,21 @@ PHASES = ("startup", "quiet", "burst", "after")
 # The simulated API, as (run shape, largest page) per name: the docs' two generations and
 # the simulator's default, which mixes them (G1 runs with a lifecycle, pages capped at 100
 # as G2 caps them): the hardest case for discover mode. See ../shared/qoder-api.md section 0.
-SERVERS = {"g1-100": ("g1", 100), "g1-1000": ("g1", 1000), "g2-100": ("g2", 100)}
+SERVERS = {
+    "g1-100": ("g1", 100),
+    "g1-1000": ("g1", 1000),
+    "g2-100": ("g2", 100),
+    "g2-sessions": ("g2", 100),
+}
 SERVER_LABELS = {
     "g1-100": "G1 runs, pages <= 100",
     "g1-1000": "G1 runs, pages <= 1000 (G1 docs)",
     "g2-100": "G2 records, pages <= 100 (G2 docs)",
+    "g2-sessions": "G2 records + sessions followed, pages <= 100",
 }
+# g2-sessions: every run with a session awaits it (sessions: auto); the first sync follows
+# each run of the window into its session once, so that server runs with a 1 h lookback.
+SESSIONS_LOOKBACK = 3600.0
 
 
 @dataclass
@@ -60,6 +69,8 @@ class Cycle:
     # run new this cycle and every run that finished in it, had we known which: a floor for
     # any reader of the feed, however it picks its pages.
     floor_pages: int = 0
+    awaiting_deployments: int = 0  # deployments with runs awaiting their sessions
+    resolved: int = 0  # runs resolved from their sessions this cycle
 
     @property
     def total(self) -> int:
@@ -148,6 +159,84 @@ def _count_status_lists(poller: Poller, counter: Counter[str]) -> None:
     poller.client.list_all_runs = wrapped  # type: ignore[method-assign]
 
 
+class _SessionCount:
+    """Deployments with awaited runs and runs resolved by the follower, per cycle."""
+
+    def __init__(self) -> None:
+        self.awaiting = self.resolved = 0
+
+    def pop(self) -> tuple[int, int]:
+        out = (self.awaiting, self.resolved)
+        self.awaiting = self.resolved = 0
+        return out
+
+
+def _count_sessions(poller: Poller) -> _SessionCount:
+    count = _SessionCount()
+    follower = poller.cycle.follower
+    if follower is None:
+        return count
+    real = follower.follow
+
+    def wrapped(now: float, executor: Any) -> int:
+        with poller.tracker.lock:
+            count.awaiting += len(poller.store.awaiting())
+        done = real(now, executor)
+        count.resolved += done
+        return done
+
+    follower.follow = wrapped  # type: ignore[method-assign]
+    return count
+
+
+def sessions_table(results: list[CostResult]) -> str:
+    """The cost of following sessions against its target (qoder-sessions.md §6.2)."""
+    rows = []
+    for r in results:
+        for phase in PHASES:
+            cycles = r.phase(phase)
+            if not cycles:
+                continue
+            lists = sum(c.requests.get("list_sessions", 0) for c in cycles)
+            events = sum(c.requests.get("list_session_events", 0) for c in cycles)
+            gets = sum(c.requests.get("get_session", 0) for c in cycles)
+            awaiting = sum(c.awaiting_deployments for c in cycles)
+            resolved = sum(c.resolved for c in cycles)
+            extra = lists + events + gets
+            target = awaiting + 1.2 * resolved
+            rows.append(
+                [
+                    r.mode,
+                    r.deployments,
+                    phase,
+                    f"{awaiting / len(cycles):g}",
+                    f"{resolved / len(cycles):g}",
+                    f"{lists / len(cycles):g}",
+                    f"{events / len(cycles):g}",
+                    f"{gets / len(cycles):g}",
+                    f"{extra / len(cycles):g}",
+                    f"{target / len(cycles):g}",
+                    "yes" if extra <= target else "NO",
+                ]
+            )
+    return table(
+        [
+            "mode",
+            "deployments",
+            "phase",
+            "deployments awaiting sessions",
+            "runs resolved",
+            "list_sessions",
+            "list_session_events",
+            "get_session",
+            "extra requests",
+            "target (awaiting + 1.2 x resolved)",
+            "within target",
+        ],
+        rows,
+    )
+
+
 def _counts(sim: Simulator) -> dict[str, int]:
     with sim._lock:  # the simulator's own lock around its counters
         return {k: v for k, v in sim.request_counts.items() if v}
@@ -171,12 +260,15 @@ def api_cost(
     """Run the phases; the naive poller runs in the first `naive_cycles` cycles of every
     phase (None: all of them); its cost hardly varies from cycle to cycle."""
     shape, cap = SERVERS[server]
+    if server == "g2-sessions":
+        lookback, naive_cycles = SESSIONS_LOOKBACK, 0  # the naive poller follows no session
     sim = Simulator(seed=seed, deployments=n, token=TOKEN, shape=shape, page_cap=cap)
     url = sim.serve("127.0.0.1", 0)
     doc: dict[str, Any] = {
         "api": {"url": url, "token": TOKEN, "requests_per_second": 1000},
         "poll_interval": f"{int(interval)}s",
         "lookback": f"{int(lookback)}s",
+        "sessions": "auto" if server == "g2-sessions" else "never",
     }
     ids = sim.deployment_ids()
     if discover:
@@ -189,6 +281,7 @@ def api_cost(
     status_calls: Counter[str] = Counter()
     _count_status_lists(poller, status_calls)
     active = [d for d in ids if not sim.spec(d).paused]
+    follow = _count_sessions(poller)
     try:
         plan = (
             [("startup", 0)]
@@ -216,6 +309,7 @@ def api_cost(
             if not poller.poll_once():
                 raise RuntimeError(f"poll failed: {poller.snapshot.last_error}")
             cycle = Cycle(phase, _counts(sim), new_runs=new_runs, status_lists=dict(status_calls))
+            cycle.awaiting_deployments, cycle.resolved = follow.pop()
             now = sim.clock.now()
             after_poll = _in_flight(poller)
             cycle.in_flight_before = len(before)
@@ -356,6 +450,9 @@ def main(argv: list[str] | None = None) -> None:
     print(report(results))
     print()
     print(diagnosis([r for r in results if r.discover]))
+    if args.server == "g2-sessions":
+        print()
+        print(sessions_table(results))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run against an embedded Qoder API simulator (no account needed)",
     )
     p.add_argument(
+        "--demo.shape",
+        dest="demo_shape",
+        default="status",
+        choices=["status", "record"],
+        help="the demo API's run shape: status (runs with a lifecycle) or record "
+        "(record-only runs, outcomes from their sessions)",
+    )
+    p.add_argument(
         "--once",
         action="store_true",
         help="poll once, print the exposition and exit (0 if the poll succeeded)",
@@ -120,11 +128,19 @@ def parse_listen(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def demo_config() -> tuple[Config, object]:
+def demo_config(shape: str = "status") -> tuple[Config, object]:
     """Start the embedded simulator and a config that discovers its deployments."""
-    from .simulator import RealClock, Simulator
+    from .simulator import RealClock, SessionOptions, Simulator
 
-    sim = Simulator(seed=42, clock=RealClock(), deployments=6, demo=True)
+    g2 = shape == "record"
+    sim = Simulator(
+        seed=42,
+        clock=RealClock(),
+        deployments=6,
+        demo=True,
+        shape="g2" if g2 else "g1",
+        sessions=SessionOptions() if g2 else None,
+    )
     url = sim.serve("127.0.0.1", 0)
     config = config_from_dict(
         {
@@ -144,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
         if args.demo:
-            config, _sim = demo_config()
+            config, _sim = demo_config(args.demo_shape)
             log.info("demo mode: polling the embedded simulator at %s", config.api.url)
         else:
             config = load_config(args.config)

@@ -11,6 +11,7 @@ import random
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,6 +47,7 @@ MAX_DATE_OFFSET = 86400.0
 # The Date header has 1 s resolution: two readings may disagree by that much.
 DATE_RESOLUTION = 1.0
 MAX_REDIRECTS = 3
+MAX_CURSOR = 1024  # characters of an opaque next_page cursor
 _CHUNK = 64 * 1024
 # The error types the API documents (qoder-api.md 6.2); any other error.type is "other".
 API_ERROR_TYPES = (
@@ -160,6 +162,13 @@ class Page:
     has_more: bool
     last_id: str | None
     endpoint: str = ""
+    next_page: str | None = None  # the record-only generation's opaque cursor
+
+
+class PageCursor(str):
+    """A `next_page` token: sent as `page=` where a plain cursor is sent as `after_id=`."""
+
+    __slots__ = ()
 
 
 RequestObserver = Callable[[str, str, float], None]  # (endpoint, code, seconds)
@@ -353,6 +362,28 @@ class QoderClient:
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self._object("get_run_global", _path("deployment_runs", run_id))
 
+    def list_sessions(
+        self,
+        deployment_id: str,
+        *,
+        created_gte: str,
+        limit: int = 100,
+        after_id: str | None = None,
+    ) -> Page:
+        params = {"deployment_id": deployment_id, "created_at[gte]": created_gte}
+        return self._page("list_sessions", "/sessions", limit, after_id, params)
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        return self._object("get_session", f"/sessions/{urllib.parse.quote(session_id, safe='')}")
+
+    def list_session_events(
+        self, session_id: str, *, types: tuple[str, ...], order: str = "desc", limit: int = 10
+    ) -> Page:
+        # types[] repeated, as the SDK sends it; requests appends `params` to this query.
+        query = urllib.parse.urlencode([("types[]", t) for t in types])
+        path = f"/sessions/{urllib.parse.quote(session_id, safe='')}/events?{query}"
+        return self._page("list_session_events", path, limit, None, {"order": order})
+
     def pages(self, fetch: Callable[[str | None], Page]) -> Iterator[Page]:
         """follow_pages, with a looping or endless listing counted and logged."""
         try:
@@ -370,7 +401,7 @@ class QoderClient:
     ) -> Page:
         query: dict[str, str] = {"limit": str(limit), **params}
         if after_id:
-            query["after_id"] = after_id
+            query["page" if isinstance(after_id, PageCursor) else "after_id"] = after_id
         return self._get(endpoint, path, query, lambda body: _to_page(endpoint, body))
 
     def _object(self, endpoint: str, path: str) -> dict[str, Any]:
@@ -547,13 +578,16 @@ def _to_page(endpoint: str, body: dict[str, Any]) -> Page:
         last = data[-1] if data else None
         last_id = last.get("id") if isinstance(last, dict) else None
     has_more = bool(body.get("has_more"))
+    next_page = body.get("next_page")
+    if not isinstance(next_page, str) or not 0 < len(next_page) <= MAX_CURSOR:
+        next_page = None  # opaque, but sent back in a URL: a string of bounded length only
     if not valid_id(last_id):
         # The cursor goes back into a URL and into the set of cursors seen: ids only. Like
         # a missing one, it ends the listing; the page's records are still read.
         if has_more and last_id:
             log.warning("%s: the next-page cursor is not an id: listing ends here", endpoint)
         last_id = None
-    return Page(data, has_more, last_id, endpoint)
+    return Page(data, has_more, last_id, endpoint, next_page)
 
 
 def _path(*segments: str) -> str:
@@ -722,7 +756,8 @@ class PaginationError(InvalidResponseError):
 
 
 def follow_pages(fetch: Callable[[str | None], Page], max_pages: int) -> Iterator[Page]:
-    """Follow after_id cursors until has_more=false; at most max_pages pages.
+    """Follow cursors until has_more=false; at most max_pages pages. The cursor is the
+    answer's next_page where it has one (sent as page=), else its last_id (as after_id=).
 
     A cursor seen before in this listing (A, B, A, ...) or a listing longer than
     max_pages raises PaginationError: following it would never end.
@@ -734,11 +769,12 @@ def follow_pages(fetch: Callable[[str | None], Page], max_pages: int) -> Iterato
         page = fetch(cursor)
         pages += 1
         yield page
-        if not page.has_more or not page.last_id or page.last_id == cursor:
+        after = PageCursor(page.next_page) if page.next_page else page.last_id
+        if not page.has_more or not after or after == cursor:
             return
-        if page.last_id in seen:
+        if after in seen:
             raise PaginationError(
-                f"{page.endpoint}: cursor {page.last_id!r} came back after {pages} pages",
+                f"{page.endpoint}: cursor {after[:64]!r} came back after {pages} pages",
                 endpoint=page.endpoint,
                 kind="pagination_loop",
             )
@@ -748,5 +784,5 @@ def follow_pages(fetch: Callable[[str | None], Page], max_pages: int) -> Iterato
                 endpoint=page.endpoint,
                 kind="too_many_pages",
             )
-        seen.add(page.last_id)
-        cursor = page.last_id
+        seen.add(after)
+        cursor = after

@@ -47,6 +47,9 @@ API_ENDPOINTS = (
     "list_runs",
     "list_all_runs",
     "get_run_global",
+    "list_sessions",
+    "get_session",
+    "list_session_events",
 )
 _ERROR_KINDS = frozenset(ERROR_KINDS)
 
@@ -108,6 +111,7 @@ def _deployment_families(snap: Snapshot) -> Iterator[Metric]:
         labels=["deployment_id", "error_type"],
     )
     rest = _ScheduleFamilies()
+    cost = _SessionFamilies()
     paused = GaugeMetricFamily(
         "qoder_deployment_paused",
         "1 when the deployment is paused; reason is manual, error (auto-paused) or none.",
@@ -124,10 +128,12 @@ def _deployment_families(snap: Snapshot) -> Iterator[Metric]:
             reason = d.info.paused_reason or ("manual" if d.info.status == "paused" else "none")
             paused.add_metric([d.id, reason], 1.0 if d.info.status == "paused" else 0.0)
         rest.add(snap, d)
+        cost.add(d)
         sync_ok.add_metric([d.id], 1.0 if d.sync_ok else 0.0)
     yield from (info, recent, totals, durations, last_success, last_status, errors)
     yield paused
     yield from rest.families()
+    yield from cost.families()
     yield sync_ok
     missing = _gauge(
         "qoder_deployment_watched_missing",
@@ -219,6 +225,48 @@ class _ScheduleFamilies:
         yield from (self.retried, self.consecutive, self.api_consecutive, self.last_run)
         yield from (self.last_failure, self.next_trigger, self.expected, self.archived)
         yield self.queue
+
+
+class _SessionFamilies:
+    """What runs followed into their sessions tell: failure reasons, tokens, credits."""
+
+    def __init__(self) -> None:
+        self.reasons = CounterMetricFamily(
+            "qoder_deployment_run_failure_reasons",
+            "Failed runs whose session told why (reason: retries_exhausted, budget_reached, "
+            "blocked, terminated, cancelled, session_error, unknown); failures of runs that "
+            "could not start are in run_errors_total by error_type.",
+            labels=["deployment_id", "reason"],
+        )
+        self.tokens = CounterMetricFamily(
+            "qoder_deployment_run_tokens",
+            "Tokens of finished runs' sessions (final usage), added once per run, by kind; "
+            "only the kinds the API reports.",
+            labels=["deployment_id", "kind"],
+        )
+        self.credits = CounterMetricFamily(
+            "qoder_deployment_run_credits",
+            "Credits (usage.total_credits) of finished runs' sessions, added once per run.",
+            labels=["deployment_id"],
+        )
+        self.list_cost = CounterMetricFamily(
+            "qoder_deployment_run_list_cost_usd",
+            "List price in USD (usage.list_cost) of finished runs' sessions, added once per run.",
+            labels=["deployment_id"],
+        )
+
+    def add(self, d: DeploymentView) -> None:
+        for reason, n in sorted(d.reasons.items()):
+            self.reasons.add_metric([d.id, reason], float(n))
+        for kind, n in sorted(d.tokens.items()):
+            self.tokens.add_metric([d.id, kind], float(n))
+        if d.credits is not None:
+            self.credits.add_metric([d.id], d.credits)
+        if d.list_cost_usd is not None:
+            self.list_cost.add_metric([d.id], d.list_cost_usd)
+
+    def families(self) -> Iterator[Metric]:
+        yield from (self.reasons, self.tokens, self.credits, self.list_cost)
 
 
 def _add_deployment(

@@ -61,6 +61,7 @@ DEFAULT_MAX_CLOCK_SKEW = MAX_CLOCK_SKEW  # models refuses times beyond the API's
 DEFAULT_POLL_INTERVAL = 60.0
 MIN_POLL_INTERVAL = 1.0
 DEFAULT_LOOKBACK = 86400.0
+DEFAULT_SESSIONS_TIMEOUT = 86400.0
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 DEFAULT_CONCURRENCY = 8
@@ -96,7 +97,10 @@ _TOP_KEYS = (
     "duration_buckets",
     "state_file",
     "metrics",
+    "sessions",
+    "sessions_timeout",
 )
+_SESSIONS_MODES = ("auto", "always", "never")
 _API_KEYS = (
     "url",
     "token",
@@ -186,6 +190,9 @@ class Config:
     # discover: {include, exclude}; None with discover: true watches every deployment.
     discover_filter: DiscoverFilter | None = None
     metrics: MetricsConfig = DEFAULT_METRICS
+    # Follow runs into their sessions: auto (runs without a status), always, never.
+    sessions: str = "auto"
+    sessions_timeout: float = DEFAULT_SESSIONS_TIMEOUT  # unresolved longer: outcome unknown
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
@@ -363,6 +370,12 @@ class _ConfigReader(Reader):
         buckets = self.buckets(top.get("duration_buckets"))
         state_file = self.path("state_file", top.get("state_file"))
         metrics = self.metrics(top.get("metrics"))
+        sessions = top.get("sessions", "auto")
+        if sessions not in _SESSIONS_MODES:
+            self.error("sessions", f"must be one of auto, always, never, got {self.show(sessions)}")
+        timeout = self.duration(
+            "sessions_timeout", top.get("sessions_timeout"), DEFAULT_SESSIONS_TIMEOUT, 60.0
+        )
 
         # Cross-field rules, checked only when both sides were valid on their own.
         if not self.failed("poll_interval", "lookback") and lookback < poll_interval:
@@ -402,6 +415,8 @@ class _ConfigReader(Reader):
             state_file=state_file,
             discover_filter=discover_filter,
             metrics=metrics,
+            sessions=sessions if sessions in _SESSIONS_MODES else "auto",
+            sessions_timeout=timeout,
         )
 
     def discover(self, value: object) -> tuple[bool, DiscoverFilter | None]:

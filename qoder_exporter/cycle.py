@@ -12,6 +12,7 @@ from .client import AuthenticationError, PermissionDeniedError, QoderClient, Qod
 from .feed import FeedReader
 from .fetched import Fetched, RefreshBudget
 from .reader import DeploymentReader
+from .sessions import SessionFollower
 from .tracker import Tracker
 from .watchlist import WatchList
 
@@ -38,6 +39,7 @@ class Cycle:
     executor: ThreadPoolExecutor
     refresh_limit: int  # in-flight runs fetched by id per cycle, at most
     on_deferred: Callable[[int], None]
+    follower: SessionFollower | None = None
 
     def run(self, now: float, *, first: bool) -> None:
         """Raises CycleFailed when no deployment synced, or the auth error of any."""
@@ -93,6 +95,9 @@ class Cycle:
             total += len(result.fetched)
             for fetched in result.fetched:
                 ok += self._apply(fetched, now, failures)
+        if self.follower is not None:
+            # Runs awaiting their sessions: nothing is sent when there are none.
+            self.follower.follow(now, self.executor)
         for error in failures:
             if isinstance(error, (AuthenticationError, PermissionDeniedError)):
                 raise error

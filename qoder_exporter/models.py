@@ -129,6 +129,8 @@ class Run:
     trigger: str | None = None
     attempt: int | None = None  # cas_run_extras.attempt, from 1
     triggered_at: float | None = None
+    session_id: str | None = None  # the session the run created (bounded, printable)
+    has_status: bool = True  # False: the record-only shape, status derived from the record
 
     @property
     def terminal(self) -> bool:
@@ -191,9 +193,8 @@ def _opt_time(data: dict[str, Any], key: str, kind: str) -> float | None:
 def parse_run(data: object, not_after: float | None = None) -> Run:
     """Parse one run record; raises ParseError naming the field at fault.
 
-    The record-only (G2) shape has no status: a record with a session_id is a run whose
-    session was created (counted as completed), one with an error is failed. Both are
-    terminal the moment they appear, and carry no duration.
+    The record-only (G2) shape has no status: a record with an error is failed at once; one
+    with a session_id is running until its session says how it ended (sessions.py).
 
     A run with a time later than `not_after` (the API's clock plus a skew) is refused: one
     completed "in 2099" would hold the last success there and silence its alert for good.
@@ -235,9 +236,6 @@ def parse_run(data: object, not_after: float | None = None) -> Run:
         if not 0 <= duration_ms <= MAX_DURATION_MS:
             raise ParseError("run.duration_ms", "not a duration from 0 to a year")
         duration_s = duration_ms / 1000.0
-    if status == "completed" and completed_at is None and "status" not in data:
-        # A record-only run finishes at creation: its success time is when it was recorded.
-        completed_at = created_at
     if not_after is not None:
         for name, when in (
             ("created_at", created_at),
@@ -246,6 +244,7 @@ def parse_run(data: object, not_after: float | None = None) -> Run:
         ):
             if when is not None and when > not_after:
                 raise ParseError(f"run.{name}", "lies in the future of the API's clock")
+    session_id = data.get("session_id")
     return Run(
         id=run_id,
         deployment_id=deployment_id,
@@ -258,7 +257,14 @@ def parse_run(data: object, not_after: float | None = None) -> Run:
         trigger=trigger_label(trigger) if isinstance(trigger, str) else None,
         attempt=_opt_count(extras.get("attempt")) if isinstance(extras, dict) else None,
         triggered_at=_lenient_time(data.get("triggered_at")),
+        session_id=session_id if _is_session_id(session_id) else None,
+        has_status="status" in data,
     )
+
+
+def _is_session_id(value: object) -> bool:
+    # It goes into URL paths and the state file: an id like any other, or not followed.
+    return valid_id(value)
 
 
 def trigger_label(trigger: str | None) -> str:
@@ -276,8 +282,8 @@ def _opt_count(value: object) -> int | None:
 def _record_status(data: dict[str, Any], error_type: str | None) -> str:
     if error_type is not None:
         return "failed"
-    if isinstance(data.get("session_id"), str):
-        return "completed"
+    if _is_session_id(data.get("session_id")):
+        return "running"  # until its session's turn is over
     raise ParseError("run.status", "no status, session_id or error: cannot tell the outcome")
 
 

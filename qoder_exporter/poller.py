@@ -20,6 +20,7 @@ from .feed import FeedLimit, FeedReader
 from .models import Deployment
 from .reader import DeploymentReader
 from .selfmetrics import PollStats, SelfMetrics
+from .sessions import SessionFollower
 from .snapshot import Snapshot
 from .snapshot_builder import ReloadStatus, build_snapshot
 from .statewriter import StateWriter
@@ -80,7 +81,13 @@ class Poller:
         self.limit = FeedLimit.for_config(config)
         self.watch = WatchList(config, self.client, self.limit, count, self._drop, known)
         self.feed = FeedReader(self.client, self.backoff, self.limit, count)
-        self.reader = DeploymentReader(self.client, self.backoff, config.page_size, count)
+        self.reader = DeploymentReader(
+            self.client, self.backoff, config.page_size, count, config.sessions
+        )
+        self.tracker.sessions_mode = config.sessions
+        follower = SessionFollower(
+            self.client, self.backoff, self.tracker, config.sessions_timeout, self._max_retries
+        )
         self.cycle = Cycle(
             config.discover,
             self.client,
@@ -92,6 +99,7 @@ class Poller:
             self._executor,
             refresh_limit(config),
             self.metrics.count_deferred,
+            follower,
         )
 
     # --- public ------------------------------------------------------------------------
@@ -229,6 +237,10 @@ class Poller:
             self._build_parts(new, known)
             self._drop_unwatched()
         log.info("configuration applied")
+
+    def _max_retries(self, deployment_id: str) -> int | None:
+        info = self.watch.info(deployment_id)
+        return info.max_retries if info is not None else None
 
     def _drop(self, deployment_id: str) -> None:
         self.tracker.drop(deployment_id)  # the tracker of the moment: reloads replace it

@@ -21,6 +21,7 @@ from .fetched import (
     run_parser,
 )
 from .models import Run
+from .outcomes import apply_mode
 from .sync import SyncPlan, reached_known
 
 # Bound on pages read back through history to find a last success older than the window.
@@ -51,7 +52,9 @@ class DeploymentReader:
         backoff: Backoff,
         page_size: int,
         count_invalid: Callable[[str], None],
+        sessions_mode: str = "auto",
     ) -> None:
+        self.sessions_mode = sessions_mode
         self.client = client
         self.backoff = backoff
         self.page_size = page_size
@@ -88,7 +91,11 @@ class DeploymentReader:
                 not_after=self.not_after,
                 budget=self.budget,
             )
-            if plan.initial and not any(r.status == "completed" for r in out.runs):
+            # Followed record-only runs never say "completed": their sessions tell successes.
+            mode = self.sessions_mode
+            followed = mode != "never" and any(not r.has_status for r in out.runs)
+            seen = (apply_mode(r, mode) for r in out.runs)
+            if plan.initial and not followed and not any(r.status == "completed" for r in seen):
                 out.runs += self._last_success(deployment_id)
         except NotFoundError:
             out.deleted = True
@@ -110,7 +117,7 @@ class DeploymentReader:
         )
         for page in itertools.islice(pages, HISTORY_PAGES):
             # Filter here too: servers of the record-only generation ignore `status`.
-            for run in self._parse(page):
+            for run in (apply_mode(r, self.sessions_mode) for r in self._parse(page)):
                 if run.status == "completed" and run.deployment_id == deployment_id:
                     return [run]
         return []

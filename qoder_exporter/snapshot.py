@@ -38,6 +38,11 @@ class DeploymentView:
     last_run: float | None = None
     last_failure: float | None = None
     expected_run: float | None = None  # sync.expected_run; None when not expected to run
+    # From runs followed into their sessions (outcomes.py): empty/None when none were.
+    reasons: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    credits: float | None = None
+    list_cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

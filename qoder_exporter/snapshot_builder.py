@@ -97,4 +97,8 @@ def _view_extras(st: DeploymentState | None, expected: float | None) -> dict[str
         "last_run": st.last_run,
         "last_failure": st.last_failure,
         "expected_run": expected,
+        "reasons": dict(st.reasons),
+        "tokens": dict(st.tokens),
+        "credits": st.credits,
+        "list_cost_usd": st.list_cost_usd,
     }

@@ -16,6 +16,7 @@ import tempfile
 import time
 from typing import Any
 
+from . import sessionstate
 from .models import MAX_CLOCK_SKEW, STATUSES, TERMINAL, TRIGGERS, run_error_type, valid_id
 from .sync import MAX_ANNOUNCED, QUEUE_BUCKETS, DeploymentState, Histogram, RunStore, Tracked
 
@@ -25,8 +26,10 @@ FORMAT = "qoder-exporter-state"
 # 2 added the per-trigger counts, retried failures, queue histogram, failure streak, last
 # run and failure times and the announced trigger times. A version 1 file is read (its counts
 # go under trigger "other"); an exporter that reads only 1 moves a version 2 file aside.
-VERSION = 2
-READS = (1, 2)
+# 3 added the runs awaiting their sessions and the session counters (sessionstate.py); a
+# version 1 or 2 file is read (nothing awaited, counters from zero).
+VERSION = 3
+READS = (1, 2, 3)
 
 
 # A histogram's sum of run durations: 2**53 runs of a year each is far below it.
@@ -56,6 +59,7 @@ def dump(store: RunStore, api_url: str) -> dict[str, Any]:
             "last_run": st.last_run,
             "last_failure": st.last_failure,
             "announced": st.announced,
+            **sessionstate.dump(st),
         }
     return {
         "format": FORMAT,
@@ -152,6 +156,8 @@ def _restore_one(d: Any, buckets: int | None, check: _Checker, version: int) -> 
         _restore_v2(st, d, check)
     else:
         st.by_trigger = {(s, "other"): n for s, n in st.totals.items() if n}
+    if version >= 3:
+        sessionstate.restore(st, d)
     return st
 
 

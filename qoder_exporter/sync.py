@@ -24,6 +24,7 @@ from .models import (
     run_error_type,
     trigger_label,
 )
+from .outcomes import REASONS
 
 # Runs created within this many seconds before the newest one we know are re-read, so a
 # run that shares a millisecond with it (ids tie-break at random) is not missed.
@@ -44,6 +45,28 @@ class Tracked:
     created_at: float
     status: str
     accounted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSession:
+    """A run in flight until its session says how it ended (sessions.py)."""
+
+    session_id: str
+    trigger: str | None  # trigger_context.type, for the trigger label once counted
+    history: bool  # seen on the deployment's first sync: history if it ended before start
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """How a followed run ended, from its session (outcomes.py)."""
+
+    status: str  # completed or failed
+    reason: str | None  # outcomes.REASONS for a failure, None for a success
+    finished_at: float
+    duration_s: float | None = None
+    tokens: tuple[tuple[str, int], ...] = ()  # (kind, count) of the session's final usage
+    credits: float | None = None
+    list_cost_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -85,6 +108,12 @@ class DeploymentState:
     last_run: float | None = None  # created_at of the newest run seen
     last_failure: float | None = None  # completed_at (else created_at) of the newest failure
     announced: list[float] = field(default_factory=list)  # sorted trigger times, unanswered
+    # Runs followed into their sessions: run id -> what resolving it needs. Part of the state.
+    sessions: dict[str, PendingSession] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # session failures by reason
+    tokens: dict[str, int] = field(default_factory=dict)  # by kind, of resolved runs
+    credits: float | None = None  # None until a resolved run's session gave credits
+    list_cost_usd: float | None = None
 
     def watermark(self) -> float | None:
         """Creation time of the newest tracked run."""
@@ -141,7 +170,8 @@ class RunStore:
         state = self.deployments.get(deployment_id)
         if state is None:
             return SyncPlan(True, frozenset(), frozenset(), now - lookback, None, False)
-        in_flight = state.in_flight()
+        # A run awaiting its session has an immutable record: nothing to re-read by id.
+        in_flight = [r for r in state.in_flight() if r not in state.sessions]
         oldest = min((state.runs[r].created_at for r in in_flight), default=None)
         reach = 0
         if oldest is not None:
@@ -189,10 +219,20 @@ class RunStore:
             self._note_outcome(state, run)
             tracked = state.runs.get(run.id)
             if tracked is None:
+                if run.session_id is not None and run.created_at < state.floor:
+                    # An awaited run's record never changes: below the floor it was dealt
+                    # with (resolved and evicted, or older than the window at first sync).
+                    continue
                 if run.status in IN_FLIGHT:
                     # Never-seen in-flight runs are new whatever their age: nothing is
                     # evicted before it is accounted, so this run cannot be a repeat.
                     state.runs[run.id] = Tracked(run.created_at, run.status, False)
+                    if run.session_id is not None:
+                        state.sessions[run.id] = PendingSession(
+                            run.session_id, run.trigger, history
+                        )
+                        if not state.reasons:  # labelled counters start at 0
+                            state.reasons = dict.fromkeys(REASONS, 0)
                     new_in_flight += 1
                 elif run.created_at >= state.floor:
                     if not history or _finished_since(run, counted_since):
@@ -207,6 +247,7 @@ class RunStore:
                 updated += 1
                 if run.terminal:
                     tracked.accounted = True
+                    state.sessions.pop(run.id, None)
                     self._count(state, run, max_retries)
                     _fold_streak(state, run, max_retries)
                     counted += 1
@@ -216,10 +257,65 @@ class RunStore:
             tracked = state.runs.get(run_id)
             if tracked is not None and not tracked.accounted:
                 del state.runs[run_id]
+                state.sessions.pop(run_id, None)
                 gone += 1
         self.changes += new_in_flight + updated + gone
         self.expire(deployment_id, now, lookback)
         return ApplyResult(counted, new_in_flight, gone)
+
+    def resolve(
+        self,
+        deployment_id: str,
+        run_id: str,
+        res: Resolution,
+        *,
+        counted_since: float | None = None,
+        max_retries: int | None = None,
+    ) -> bool:
+        """Account a run awaiting its session, once; False if it is not awaited (any more).
+
+        A run first seen on the deployment's first sync whose session ended before
+        counted_since is history, as in apply.
+        """
+        state = self.deployments.get(deployment_id)
+        pending = state.sessions.pop(run_id, None) if state is not None else None
+        if state is None or pending is None:
+            return False
+        tracked = state.runs.get(run_id)
+        self.changes += 1
+        if tracked is None or tracked.accounted:
+            return False
+        run = Run(
+            id=run_id,
+            deployment_id=deployment_id,
+            created_at=tracked.created_at,
+            status=res.status,
+            completed_at=res.finished_at,
+            duration_s=res.duration_s,
+            trigger=pending.trigger,
+        )
+        self._note_outcome(state, run)
+        tracked.status, tracked.accounted = run.status, True
+        if not pending.history or _finished_since(run, counted_since):
+            self._count(state, run, max_retries, res.reason)
+            for kind, n in res.tokens:
+                state.tokens[kind] = state.tokens.get(kind, 0) + n
+            if res.credits is not None:
+                state.credits = (state.credits or 0.0) + res.credits
+            if res.list_cost_usd is not None:
+                state.list_cost_usd = (state.list_cost_usd or 0.0) + res.list_cost_usd
+        _fold_streak(state, run, max_retries)
+        return True
+
+    def awaiting(self) -> dict[str, list[tuple[str, str, float]]]:
+        """Per deployment, the runs awaiting their sessions: (run id, session id, created)."""
+        out: dict[str, list[tuple[str, str, float]]] = {}
+        for dep_id, st in self.deployments.items():
+            for run_id, p in st.sessions.items():
+                tracked = st.runs.get(run_id)
+                if tracked is not None:
+                    out.setdefault(dep_id, []).append((run_id, p.session_id, tracked.created_at))
+        return out
 
     def expire(self, deployment_id: str, now: float, lookback: float) -> None:
         """Drop accounted runs older than the window; the floor never moves back."""
@@ -312,7 +408,9 @@ class RunStore:
                 state.last_finished = key
                 self.changes += 1
 
-    def _count(self, state: DeploymentState, run: Run, max_retries: int | None) -> None:
+    def _count(
+        self, state: DeploymentState, run: Run, max_retries: int | None, reason: str | None = None
+    ) -> None:
         state.totals[run.status] += 1
         key = (run.status, trigger_label(run.trigger))
         state.by_trigger[key] = state.by_trigger.get(key, 0) + 1
@@ -327,7 +425,11 @@ class RunStore:
             if state.queue is None:
                 state.queue = Histogram([0] * (len(QUEUE_BUCKETS) + 1))
             state.queue.observe(QUEUE_BUCKETS, queued)
-        if run.status == "failed":
+        if run.status == "failed" and reason is not None:
+            # A failure its session told: by reason, not by the run's (absent) error.type,
+            # so errors and reasons together sum to the failed runs.
+            state.reasons[reason] = state.reasons.get(reason, 0) + 1
+        elif run.status == "failed":
             error = run_error_type(run.error_type)
             state.errors[error] = state.errors.get(error, 0) + 1
             if will_retry(run, max_retries):

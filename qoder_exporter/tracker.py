@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .fetched import Fetched
 from .models import Deployment
+from .outcomes import apply_mode
 from .sync import RunStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Tracker:
         # Runs that finished before this are history, not counted (see apply).
         self.started_at = started_at
         self.sync: dict[str, SyncStatus] = {}
+        self.sessions_mode = "auto"  # config `sessions`: which runs await their sessions
 
     def drop(self, deployment_id: str) -> None:
         self.store.drop(deployment_id)
@@ -51,7 +53,7 @@ class Tracker:
         )
         result = self.store.apply(
             dep_id,
-            fetched.runs,
+            [apply_mode(run, self.sessions_mode) for run in fetched.runs],
             now,
             lookback,
             history=history,

@@ -109,11 +109,23 @@ def test_g2_record_with_error_is_a_failed_run() -> None:
     assert run.trigger == "schedule"
 
 
-def test_g2_record_with_session_is_a_completed_run_finished_at_creation() -> None:
+def test_g2_record_with_session_is_running_until_its_session_says() -> None:
     data = dict(G2_FAILED, error=None, session_id="sess_019ec55a68b37e1e8d660691af161ab4")
     run = parse_run(data)
-    assert run.status == "completed"
-    assert run.completed_at == run.created_at
+    assert run.status == "running" and not run.has_status
+    assert run.session_id == "sess_019ec55a68b37e1e8d660691af161ab4"
+    assert run.completed_at is None
+
+
+def test_g1_run_keeps_its_session_id_and_status() -> None:
+    run = parse_run(G1_COMPLETED)
+    assert run.has_status and run.session_id == "sess_019ec55a68b37e1e8d660691af161ab4"
+
+
+def test_unusable_session_id_is_not_followed() -> None:
+    data = dict(G2_FAILED, error=None, session_id="sess\n" + "x" * 200)
+    with pytest.raises(ParseError, match=r"run\.status"):
+        parse_run(data)
 
 
 def test_statuses_are_shared_not_one_string_per_record() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from qoder_exporter.sync import (
     JUMP_SLACK,
     MAX_ANNOUNCED,
     Jump,
+    Resolution,
     RunStore,
     SyncPlan,
     expected_run,
@@ -237,6 +239,22 @@ def test_evicted_runs_seen_again_are_not_recounted() -> None:
     poll(s, T0 + 25 * H, [])  # r1 leaves the window
     assert "r1" not in s.deployments[DEP].runs
     poll(s, T0 + 25 * H + 60, [at("r1", 10, "completed", duration=1)])  # overlap page
+    assert s.deployments[DEP].totals["completed"] == 1
+
+
+def test_resolved_session_run_seen_again_below_the_floor_is_not_recounted() -> None:
+    """A record-only run's record never changes: after it was resolved and evicted, a page
+    that shows it again must not make it awaited (and counted) a second time."""
+    s = store()
+    poll(s, T0, [])
+    record = dataclasses.replace(at("r1", 10, "running"), session_id="sess_1", has_status=False)
+    poll(s, T0 + 60, [record])
+    assert s.resolve(DEP, "r1", Resolution("completed", None, T0 + 100, 90.0))
+    assert not s.resolve(DEP, "r1", Resolution("completed", None, T0 + 100, 90.0))
+    poll(s, T0 + 25 * H, [])  # r1 leaves the window
+    assert "r1" not in s.deployments[DEP].runs
+    poll(s, T0 + 25 * H + 60, [record])  # a page deep enough to show it again
+    assert "r1" not in s.deployments[DEP].sessions
     assert s.deployments[DEP].totals["completed"] == 1
 
 
@@ -627,7 +645,7 @@ def test_state_file_round_trips_the_new_fields() -> None:
     )
     s.note_schedule(DEP, _dep(upcoming_runs_at=(T0 + H,)))
     doc = json.loads(json.dumps(state_mod.dump(s, "u")))
-    assert doc["version"] == 2
+    assert doc["version"] == state_mod.VERSION
     copy = store()
     state_mod.restore(doc, copy, "u", now=T0 + 24 * H)
     assert state_mod.dump(copy, "u")["deployments"] == doc["deployments"]
@@ -661,4 +679,4 @@ def test_version_1_state_file_is_read_with_its_counts_under_other() -> None:
     assert st.errors == {"unknown_error": 1, "other": 1}
     assert st.consecutive == 0 and st.last_run is None and st.announced == []
     with pytest.raises(state_mod.StateError, match="version"):
-        state_mod.restore({**v1, "version": 3}, store(), "u")
+        state_mod.restore({**v1, "version": 99}, store(), "u")

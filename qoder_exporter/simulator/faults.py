@@ -38,6 +38,9 @@ class Faults:
         # Endpoints that are down: every request to them answers 500 until clear() (after any
         # queued fault for them), e.g. {"list_sessions", "get_session", "list_session_events"}.
         self.broken: set[str] = set()
+        # Endpoints this server does not have (404 as for an unknown path), e.g. an API
+        # generation without GET /sessions: {"list_sessions"}.
+        self.absent: set[str] = set()
         # Faults actually served, by kind (queued or random), so tests can match error counts.
         self.delivered: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
 
@@ -83,6 +86,7 @@ class Faults:
             self.revoke_after = None
             self.random_rates = {}
             self.broken = set()
+            self.absent = set()
 
     def take(self, endpoint: str) -> tuple[str, str | None] | None:
         """Return the fault (kind, retry_after) that applies to this request, if any."""

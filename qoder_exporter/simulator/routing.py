@@ -105,7 +105,7 @@ def _answer(
         raise ApiError(401, "authentication_error", AUTH_MESSAGE)
     if not sim.faults.consume_auth():
         raise ApiError(401, "authentication_error", AUTH_MESSAGE)
-    if handler is None:
+    if handler is None or endpoint in sim.faults.absent:
         raise ApiError(404, "not_found_error", "Not found")
     multi = parse_qs(query_string)
     query = {k: v[0] for k, v in multi.items()}
