@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from qoder_exporter import logs
+from qoder_exporter.client import QoderClient
+from qoder_exporter.config import Secret
 
 
 def record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -72,3 +74,13 @@ def test_a_secret_in_a_traceback_is_redacted() -> None:
         rec.exc_info = sys.exc_info()
     line = logs.LogfmtFormatter().format(rec)
     assert rotated not in line and "RuntimeError" in line
+
+
+def test_a_token_rotated_into_the_client_is_redacted_from_then_on() -> None:
+    # issue 15 #10: a token re-read from api.token_file was never added to the redaction list.
+    rotated = "pt-rotated-0123456789abcdef"
+    client = QoderClient("https://api.qoder.com/api/v1/cloud", Secret("pt-first-0123456789"))
+    assert rotated in logs.redact(f"echo {rotated}")  # not known yet
+    client.set_token(Secret(rotated))
+    line = logs.LogfmtFormatter().format(record("upstream echoed Bearer %s", rotated))
+    assert rotated not in line and "<redacted>" in line
