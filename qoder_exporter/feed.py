@@ -98,6 +98,8 @@ class FeedReader:
         self.count_invalid = count_invalid
         # Set by the cycle: records dated past it are refused (see models.parse_run).
         self.not_after: float | None = None
+        # Sharded: runs of another shard's deployments are not unknown, just not ours.
+        self.owns: Callable[[str], bool] = _everything
 
     def read(
         self, plans: dict[str, SyncPlan], store: RunStore, now: float, forgotten: set[str]
@@ -124,7 +126,11 @@ class FeedReader:
                 for run in runs:
                     if run.deployment_id in by_dep:
                         by_dep[run.deployment_id].runs.append(run)
-                    elif run.deployment_id not in forgotten and run.created_at >= floor:
+                    elif (
+                        run.deployment_id not in forgotten
+                        and run.created_at >= floor
+                        and self.owns(run.deployment_id)
+                    ):
                         unknown = True  # a deployment we have not listed yet: next cycle
                 if reached_known(runs, feed_plan):
                     break
@@ -211,6 +217,10 @@ class FeedReader:
             dep_id = stale.pop(run.id, None)
             if dep_id is not None:
                 by_dep[dep_id].runs.append(run)
+
+
+def _everything(deployment_id: str) -> bool:
+    return True
 
 
 def _feed_order(store: RunStore, stale: dict[str, str], horizon: float) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .models import Deployment
+from .sharding import Shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +69,9 @@ class Snapshot:
     last_error: str | None = None
     reload_ok: bool | None = None  # None: the config was never reloaded
     reload_at: float | None = None
+    # Sharded (--total-shards > 1): qoder_exporter_shard_info says which shard this is.
+    shard: Shard | None = None
+    # With `accounts` configured: this account's name (its series' `account` label), and in
+    # the merged snapshot the per-account snapshots the collector renders, labelled.
+    account: str | None = None
+    accounts: tuple[Snapshot, ...] = ()
