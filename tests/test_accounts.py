@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from qoder_exporter.accounts import Accounts, account_state_file
+from qoder_exporter.cli import reload_config
 from qoder_exporter.collector import Exposition
 from qoder_exporter.config import Config, ConfigError, config_from_dict
 from qoder_exporter.poller import Poller
@@ -300,4 +302,27 @@ def test_each_account_keeps_its_own_state_file(
     assert accounts.poll_once()
     accounts.save_state()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json.china", "state.json.intl"]
+    accounts.close()
+
+
+def test_a_reload_that_changes_the_account_names_is_refused(
+    pair: tuple[Simulator, Simulator], tmp_path: Path
+) -> None:
+    a, b = pair
+    accounts = _accounts(a, b)
+    path = tmp_path / "config.yaml"
+    doc = {"accounts": [_account("intl", a, TOKEN), _account("cn", b, TOKEN_B)]}
+    path.write_text(yaml.safe_dump(doc))
+    ok, message = reload_config(accounts, str(path))
+    assert not ok and "the list of account names changed" in message
+    assert accounts.reload.ok is False
+    doc["accounts"][1]["name"] = "china"
+    doc["accounts"][1]["lookback"] = "2h"
+    path.write_text(yaml.safe_dump(doc))
+    assert reload_config(accounts, str(path))[0]
+    assert accounts.poll_once()
+    assert accounts.pollers["china"].config.lookback == 7200
+    path.write_text(yaml.safe_dump({"api": doc["accounts"][0]["api"], "discover": True}))
+    ok, message = reload_config(accounts, str(path))
+    assert not ok and "needs a restart" in message
     accounts.close()
