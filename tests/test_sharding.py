@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import api_cost
 from qoder_exporter.cli import parse_args
 from qoder_exporter.poller import Poller
 from qoder_exporter.sharding import Shard, ShardError, shard_from_pod, shard_of
@@ -131,6 +132,22 @@ def test_shard_pollers_split_the_deployments(sim: Simulator, discover: bool) -> 
     assert all(p.snapshot.shard == Shard(i, 3) for i, p in enumerate(pollers))
     for p in pollers:
         p.close()
+
+
+@pytest.mark.parametrize("discover", [False, True])
+def test_bench_measures_shards_against_one_process(discover: bool) -> None:
+    r = api_cost.shard_cost(
+        12, discover=discover, shards=3, quiet=2, burst_cycles=2, after=1, settle=1
+    )
+    assert r.agree, "the shards' counts and windows equal the unsharded poller's"
+    for phase in ("quiet", "burst"):
+        for cycle in r.cycles[phase]:
+            if discover:
+                assert all(n > 0 for n in cycle[1:]), "every shard reads the feed"
+            else:
+                # The shards share the runs' requests; each lists the deployments (1 page).
+                assert cycle[0] <= sum(cycle[1:]) <= cycle[0] + 2
+    assert "all shards / unsharded" in api_cost.shard_report([r])
 
 
 # --- for real: shard processes, one unsharded process, one Prometheus ------------------------
