@@ -19,7 +19,7 @@ from . import api_cost, memory, poll, scrape
 from .common import load_average, log, machine, median, table
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("scrape", "api", "poll", "memory", "cpu")
+PARTS = ("scrape", "api", "poll", "memory", "cpu", "shards")
 # "A few requests per cycle" for discover mode, made a number.
 FEW = 10
 
@@ -264,6 +264,26 @@ def discover_diagnosis(r: api_cost.CostResult, results: list[api_cost.CostResult
     return text
 
 
+def run_shards(p: Profile, out: Results, data: dict[str, Any]) -> None:
+    """API requests of 3 shards against one unsharded process (README "Sharding")."""
+    quiet, burst, after = p.api_cycles
+    results = []
+    for n in sorted({n for n, _, _, _ in p.api}):
+        for discover in (False, True):
+            log(f"shard cost: {'discover' if discover else 'configured'} {n}, 3 shards")
+            results.append(
+                api_cost.shard_cost(
+                    n, discover=discover, shards=3, quiet=quiet, burst_cycles=burst, after=after
+                )
+            )
+    out.section(
+        "Sharding: API requests of 3 shards against one process",
+        "`python -m bench.api_cost --shards 3`: the shards and one unsharded poller poll the "
+        "same simulated world at the same instants (simulator g1-100).\n\n"
+        + api_cost.shard_report(results),
+    )
+
+
 def run_poll(p: Profile, out: Results, data: dict[str, Any]) -> None:
     results = []
     for n in p.poll_sizes:
@@ -485,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         "poll": run_poll,
         "memory": run_memory,
         "cpu": run_cpu,
+        "shards": run_shards,
     }
     for name in PARTS:
         if name in args.only:

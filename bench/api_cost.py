@@ -2,6 +2,11 @@
 re-reads the whole lookback window every cycle, configured deployments and discover mode.
 
     .venv/bin/python -m bench.api_cost [--deployments 100] [--discover] [--server g1-1000]
+    .venv/bin/python -m bench.api_cost --shards 3 [--deployments 100 1000]
+
+With --shards N, N shard pollers (--shard=i --total-shards=N) and one unsharded poller poll
+the same world at the same instants: requests per cycle of each, their sum, and whether the
+shards' per-deployment counts and windows equal the unsharded poller's.
 
 Both pollers read the same simulated API (bench runs it on a manual clock, 60 s per cycle) at
 the same instant, and their `recent_runs` per deployment are compared: they must agree. The
@@ -27,6 +32,7 @@ from typing import Any
 from qoder_exporter.config import config_from_dict
 from qoder_exporter.models import STATUSES
 from qoder_exporter.poller import Poller
+from qoder_exporter.sharding import Shard
 from qoder_exporter.simulator import Simulator
 
 from .common import log, median, table
@@ -283,25 +289,10 @@ def api_cost(
     active = [d for d in ids if not sim.spec(d).paused]
     follow = _count_sessions(poller)
     try:
-        plan = (
-            [("startup", 0)]
-            + [("settle", 0)] * settle
-            + [("quiet", 0)] * quiet
-            + [("burst", burst)] * burst_cycles
-            + [("after", 0)] * after
-        )
+        plan = _plan(settle, quiet, burst_cycles, burst, after)
         done: Counter[str] = Counter()
         for phase, per_deployment in plan:
-            new_runs = 0
-            if phase != "startup":
-                # Manual runs spread over the interval, then the rest of the interval.
-                step = interval / (per_deployment + 1)
-                for _ in range(per_deployment):
-                    sim.advance(step)
-                    for dep_id in active:
-                        sim.trigger(dep_id)
-                        new_runs += 1
-                sim.advance(interval - step * per_deployment)
+            new_runs = 0 if phase == "startup" else _advance(sim, active, per_deployment, interval)
             sim.reset_counts()
             status_calls.clear()
             before = _in_flight(poller)
@@ -333,6 +324,142 @@ def api_cost(
         poller.close()
         sim.close()
     return result
+
+
+def _advance(sim: Simulator, active: list[str], per_deployment: int, interval: float) -> int:
+    """One interval: manual runs spread over it, then the rest of it; the runs triggered."""
+    step = interval / (per_deployment + 1)
+    for _ in range(per_deployment):
+        sim.advance(step)
+        for dep_id in active:
+            sim.trigger(dep_id)
+    sim.advance(interval - step * per_deployment)
+    return per_deployment * len(active)
+
+
+def _plan(settle: int, quiet: int, burst_cycles: int, burst: int, after: int) -> list[Any]:
+    return (
+        [("startup", 0)]
+        + [("settle", 0)] * settle
+        + [("quiet", 0)] * quiet
+        + [("burst", burst)] * burst_cycles
+        + [("after", 0)] * after
+    )
+
+
+@dataclass
+class ShardCost:
+    """Requests per cycle of one unsharded poller and of each of `shards` shard pollers, all
+    polling the same simulated world at the same instants."""
+
+    deployments: int
+    discover: bool
+    shards: int
+    server: str
+    # phase -> one entry per cycle: [unsharded, shard 0, shard 1, ...]
+    cycles: dict[str, list[list[int]]] = field(default_factory=dict)
+    agree: bool = True  # the shards' per-deployment counts and windows equal the unsharded's
+
+
+def shard_cost(
+    n: int,
+    *,
+    discover: bool,
+    shards: int,
+    server: str = "g1-100",
+    quiet: int = 10,
+    burst_cycles: int = 5,
+    after: int = 5,
+    burst: int = 3,
+    settle: int = 3,
+    interval: float = 60.0,
+    lookback: float = 86400.0,
+    seed: int = 1,
+) -> ShardCost:
+    shape, cap = SERVERS[server]
+    sim = Simulator(seed=seed, deployments=n, token=TOKEN, shape=shape, page_cap=cap)
+    url = sim.serve("127.0.0.1", 0)
+    doc: dict[str, Any] = {
+        "api": {"url": url, "token": TOKEN, "requests_per_second": 1000},
+        "poll_interval": f"{int(interval)}s",
+        "lookback": f"{int(lookback)}s",
+    }
+    ids = sim.deployment_ids()
+    if discover:
+        doc["discover"] = True
+    else:
+        doc["deployments"] = ids
+    config = config_from_dict(doc, env={})
+    pollers = [Poller(config, clock=sim.clock.now)] + [
+        Poller(config, clock=sim.clock.now, shard=Shard(i, shards)) for i in range(shards)
+    ]
+    result = ShardCost(n, discover, shards, server)
+    active = [d for d in ids if not sim.spec(d).paused]
+    try:
+        for phase, per_deployment in _plan(settle, quiet, burst_cycles, burst, after):
+            if phase != "startup":
+                _advance(sim, active, per_deployment, interval)
+            counts = []
+            for poller in pollers:
+                sim.reset_counts()
+                if not poller.poll_once():
+                    raise RuntimeError(f"poll failed: {poller.snapshot.last_error}")
+                counts.append(sum(_counts(sim).values()))
+            if phase != "settle":
+                result.cycles.setdefault(phase, []).append(counts)
+        now = sim.clock.now()
+        whole = pollers[0].store
+        for poller in pollers[1:]:
+            for dep_id in poller.store.deployments:
+                mine = poller.store.recent(dep_id, now, lookback)
+                result.agree &= mine == whole.recent(dep_id, now, lookback)
+        views = {v.id: v.totals for p in pollers[1:] for v in p.snapshot.deployments}
+        result.agree &= views == {v.id: v.totals for v in pollers[0].snapshot.deployments}
+    finally:
+        for poller in pollers:
+            poller.close()
+        sim.close()
+    return result
+
+
+def shard_report(results: list[ShardCost]) -> str:
+    rows = []
+    for r in results:
+        mode = "discover (every shard reads the feed)" if r.discover else "configured"
+        for phase in PHASES:
+            cycles = r.cycles.get(phase)
+            if not cycles:
+                continue
+            single = median([float(c[0]) for c in cycles])
+            per_shard = [median([float(c[i]) for c in cycles]) for i in range(1, r.shards + 1)]
+            summed = median([float(sum(c[1:])) for c in cycles])
+            rows.append(
+                [
+                    mode,
+                    r.deployments,
+                    r.shards,
+                    phase,
+                    f"{single:g}",
+                    f"{min(per_shard):g}-{max(per_shard):g}",
+                    f"{summed:g}",
+                    f"{summed / max(single, 1):.2f}x",
+                    "yes" if r.agree else "NO",
+                ]
+            )
+    return table(
+        [
+            "mode",
+            "deployments",
+            "shards",
+            "phase",
+            "unsharded requests/cycle",
+            "per shard (min-max)",
+            "all shards",
+            "all shards / unsharded",
+            "shards agree with unsharded",
+        ],
+        rows,
+    )
 
 
 def report(results: list[CostResult]) -> str:
@@ -436,10 +563,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--configured", action="store_true", help="configured mode only")
     ap.add_argument("--naive-cycles", type=int, default=3)
     ap.add_argument("--server", choices=sorted(SERVERS), default="g1-100", help="simulated API")
+    ap.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        help="measure N shard pollers against one unsharded poller instead",
+    )
     args = ap.parse_args(argv)
     modes = [False, True]
     if args.discover != args.configured:
         modes = [args.discover]
+    if args.shards:
+        shard_results = []
+        for n in args.deployments:
+            for discover in modes:
+                log(f"shard cost: {'discover' if discover else 'configured'} {n}, {args.shards}")
+                shard_results.append(
+                    shard_cost(n, discover=discover, shards=args.shards, server=args.server)
+                )
+        print(shard_report(shard_results))
+        return
     results = []
     for n in args.deployments:
         for discover in modes:

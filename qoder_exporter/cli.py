@@ -13,10 +13,12 @@ import time
 from collections.abc import Sequence
 
 from . import __version__, logs
+from .accounts import Accounts
 from .collector import Exposition
 from .config import Config, ConfigError, config_from_dict, load_config, parse_duration
 from .poller import Poller
 from .server import MAX_CONNECTIONS, READ_HEADER_TIMEOUT_S, ExporterServer
+from .sharding import MAX_SHARDS, Shard, ShardError, shard_from_pod
 from .webconfig import WebConfigError, load_web_config
 
 log = logging.getLogger("qoder_exporter")
@@ -97,11 +99,68 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="poll once, print the exposition and exit (0 if the poll succeeded)",
     )
+    _shard_flags(p)
     p.add_argument("--version", action="version", version=f"qoder-exporter {__version__}")
     args = p.parse_args(argv)
     if not args.config and not args.demo:
         p.error("one of --config or --demo is required")
+    try:
+        args.shard = shard_of_args(args)
+    except ShardError as exc:
+        p.error(str(exc))
     return args
+
+
+def _shard_flags(p: argparse.ArgumentParser) -> None:
+    """kube-state-metrics' sharding flags (see sharding.py)."""
+    p.add_argument(
+        "--shard",
+        dest="shard_index",
+        type=int,
+        default=None,
+        help="this process's shard, 0 to --total-shards - 1 (default 0)",
+    )
+    p.add_argument(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        default=1,
+        help=f"number of shards, 1 to {MAX_SHARDS}; 1 disables sharding (default 1)",
+    )
+    p.add_argument(
+        "--pod",
+        dest="pod",
+        default=None,
+        help="automatic sharding: this StatefulSet pod's name (--pod=$(POD_NAME)); the "
+        "shard is its ordinal suffix, --total-shards the StatefulSet's replicas",
+    )
+    p.add_argument(
+        "--pod-namespace",
+        dest="pod_namespace",
+        default=None,
+        help="the pod's namespace (--pod-namespace=$(POD_NAMESPACE)), logged with the shard",
+    )
+
+
+def shard_of_args(args: argparse.Namespace) -> Shard:
+    total = args.total_shards
+    if not 1 <= total <= MAX_SHARDS:
+        raise ShardError(f"--total-shards: must be from 1 to {MAX_SHARDS}, got {total}")
+    if args.pod is not None:
+        if args.shard_index is not None:
+            raise ShardError("--shard: set either --shard or --pod, not both")
+        return shard_from_pod(args.pod, total)
+    return Shard(args.shard_index or 0, total)
+
+
+def _tokens(config: Config) -> list[str]:
+    return [config.api.token.reveal(), *(a.api.token.reveal() for a in config.accounts)]
+
+
+def new_poller(config: Config, shard: Shard) -> Poller | Accounts:
+    if config.accounts:
+        return Accounts(config, shard=shard)
+    return Poller(config, shard=shard)
 
 
 def _duration_flag(text: str) -> float:
@@ -167,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    logs.add_secret(config.api.token.reveal())
+    for token in _tokens(config):
+        logs.add_secret(token)
     if args.check:
         if args.web_config:
             try:
@@ -179,7 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: configuration is valid")
         return 0
 
-    poller = Poller(config)
+    shard = args.shard
+    if shard.sharded:
+        where = f" (pod {args.pod} in {args.pod_namespace})" if args.pod else ""
+        log.info("shard %d of %d%s", shard.index, shard.total, where)
+    poller = new_poller(config, shard)
     if args.once:
         ok = poller.poll_once()
         exposition = Exposition(poller.snapshot, time.time)
@@ -197,20 +261,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
 
-def reload_config(poller: Poller, path: str) -> tuple[bool, str]:
+def reload_config(poller: Poller | Accounts, path: str) -> tuple[bool, str]:
     """Validate the config file again; a bad one is rejected and the running one stays."""
     try:
         config = load_config(path)
+        problem = _reload_problem(poller, config)
+        if problem is not None:
+            raise ConfigError([problem])
     except ConfigError as exc:
         poller.note_reload(False)
         poller.publish()
         log.error("config reload rejected, keeping the running config: %s", "; ".join(exc.errors))
         return False, str(exc)
-    logs.add_secret(config.api.token.reveal())
+    for token in _tokens(config):
+        logs.add_secret(token)
     poller.note_reload(True)
     poller.reconfigure(config)  # applied by the poll thread, which it wakes
     log.info("config reloaded from %s", path)
     return True, "config reloaded\n"
+
+
+def _reload_problem(poller: Poller | Accounts, config: Config) -> str | None:
+    if isinstance(poller, Accounts) != bool(config.accounts):
+        return "accounts: switching between accounts and a single api needs a restart"
+    return poller.reload_problem(config) if isinstance(poller, Accounts) else None
 
 
 def _ignore(signum: int, frame: object) -> None:
@@ -218,7 +292,7 @@ def _ignore(signum: int, frame: object) -> None:
 
 
 def serve(
-    poller: Poller,
+    poller: Poller | Accounts,
     listen: str,
     config_path: str | None = None,
     *,

@@ -12,7 +12,7 @@ import gzip
 import logging
 import platform
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -67,9 +67,27 @@ def _buckets(bounds: tuple[float, ...], data: HistogramData | None) -> list[tupl
 def families(snap: Snapshot) -> Iterator[Metric]:
     """Every metric family that changes only when a poll publishes a new snapshot."""
     keeps = snap.metrics.filter.keeps  # metrics.allowlist / denylist
-    for family in (*_deployment_families(snap), *_self_families(snap)):
+    if snap.accounts:
+        source: Iterable[Metric] = _with_account(snap.accounts)
+    else:
+        source = (*_deployment_families(snap), *_self_families(snap))
+    for family in (*source, *_process_families(snap)):
         if keeps(family.name, family.type):
             yield family
+
+
+def _with_account(accounts: tuple[Snapshot, ...]) -> Iterator[Metric]:
+    """Each account's families, their samples labelled account="<name>", merged by name."""
+    merged: dict[str, Metric] = {}
+    for snap in accounts:
+        for family in (*_deployment_families(snap), *_self_families(snap)):
+            out = merged.get(family.name)
+            if out is None:
+                out = Metric(family.name, family.documentation, family.type, family.unit)
+                merged[family.name] = out
+            label = {"account": snap.account or ""}
+            out.samples.extend(s._replace(labels={**label, **s.labels}) for s in family.samples)
+    return iter(merged.values())
 
 
 def _deployment_families(snap: Snapshot) -> Iterator[Metric]:
@@ -416,6 +434,10 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
         "Runs held in memory (lookback window plus in-flight runs).",
         value=float(snap.tracked_runs),
     )
+
+
+def _process_families(snap: Snapshot) -> Iterator[Metric]:
+    """The process's own: reloads, build, shard (never per account)."""
     if snap.reload_ok is not None:
         # Only after a reload was tried, as Prometheus' own prometheus_config_* gauges.
         yield GaugeMetricFamily(
@@ -436,6 +458,14 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
     )
     build.add_metric([__version__, platform.python_version()], 1.0)
     yield build
+    if snap.shard is not None:
+        shard = GaugeMetricFamily(
+            "qoder_exporter_shard_info",
+            "This process's shard (--shard or the StatefulSet pod ordinal) of total_shards.",
+            labels=["shard", "total_shards"],
+        )
+        shard.add_metric([str(snap.shard.index), str(snap.shard.total)], 1.0)
+        yield shard
 
 
 class SnapshotCollector:
@@ -477,9 +507,20 @@ class _AgeFamily:
 
 
 def _age_templates(snap: Snapshot) -> tuple[_AgeFamily, ...]:
+    if not snap.accounts:
+        return _ages(snap, "")
+    parts = [_ages(a, f'account="{_escape(a.account or "")}",') for a in snap.accounts]
+    return tuple(
+        _AgeFamily(family.header, tuple(s for part in parts for s in part[i].series))
+        for i, family in enumerate(parts[0])
+    )
+
+
+def _ages(snap: Snapshot, label: str) -> tuple[_AgeFamily, ...]:
+    """label: a constant label pair (and comma) put before deployment_id, or ""."""
     success = tuple(
         _AgeSeries(
-            f'qoder_deployment_last_success_age_seconds{{deployment_id="{_escape(d.id)}"}} ',
+            f'qoder_deployment_last_success_age_seconds{{{label}deployment_id="{_escape(d.id)}"}} ',
             d.last_success,
         )
         for d in snap.deployments
@@ -488,7 +529,7 @@ def _age_templates(snap: Snapshot) -> tuple[_AgeFamily, ...]:
     in_flight = tuple(
         _AgeSeries(
             "qoder_deployment_oldest_in_flight_run_age_seconds"
-            f'{{deployment_id="{_escape(d.id)}",status="{status}"}} ',
+            f'{{{label}deployment_id="{_escape(d.id)}",status="{status}"}} ',
             d.oldest_in_flight.get(status),
         )
         for d in snap.deployments

@@ -35,6 +35,7 @@ from .yamlreader import (
 )
 
 __all__ = [
+    "AccountConfig",
     "ApiConfig",
     "Config",
     "ConfigError",
@@ -99,6 +100,7 @@ _TOP_KEYS = (
     "metrics",
     "sessions",
     "sessions_timeout",
+    "accounts",
 )
 _SESSIONS_MODES = ("auto", "always", "never")
 _API_KEYS = (
@@ -113,7 +115,12 @@ _API_KEYS = (
     "max_pages",
     "max_clock_skew",
     "insecure",
+    "workspace_id",
 )
+_ACCOUNT_KEYS = ("name", "api", "deployments", "discover", "lookback", "page_size", "concurrency")
+# An account name is a label value and a state file suffix: short, no path separator.
+_ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_WORKSPACE_ID = re.compile(r"[!-~]{1,128}")  # an HTTP header value: printable ASCII
 _DEPLOYMENT_KEYS = ("id", "lookback")
 _DISCOVER_KEYS = ("include", "exclude")
 _SELECTOR_KEYS = ("name", "agent_ids", "statuses")
@@ -170,6 +177,8 @@ class ApiConfig:
     max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
     # Allow a plain http:// URL to a host other than loopback (the token then travels in clear).
     insecure: bool = False
+    # Sent as the qoder-workspace-id header when set.
+    workspace_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,22 @@ class Config:
     # Follow runs into their sessions: auto (runs without a status), always, never.
     sessions: str = "auto"
     sessions_timeout: float = DEFAULT_SESSIONS_TIMEOUT  # unresolved longer: outcome unknown
+    # Several accounts in one process (accounts.py); then api/deployments/discover are unused.
+    accounts: tuple[AccountConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """One of `accounts`: its own API, deployments and overrides of the top-level settings."""
+
+    name: str
+    api: ApiConfig
+    deployments: tuple[DeploymentConfig, ...] = ()
+    discover: bool = False
+    lookback: float = DEFAULT_LOOKBACK
+    page_size: int = DEFAULT_PAGE_SIZE
+    page_size_set: bool = False
+    concurrency: int = DEFAULT_CONCURRENCY
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
@@ -266,10 +291,13 @@ def _is_loopback(host: str) -> bool:
 class _ConfigReader(Reader):
     """The exporter's configuration: the shared Reader plus ${VAR} expansion and the sections."""
 
-    def __init__(self, env: Mapping[str, str], base_dir: str | None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], base_dir: str | None, *, in_account: bool = False
+    ) -> None:
         super().__init__()
         self.env = env
         self.base_dir = base_dir
+        self.in_account = in_account
         pat = env.get(TOKEN_ENV)
         if pat:
             self.secrets.append(pat.strip())
@@ -354,7 +382,8 @@ class _ConfigReader(Reader):
             self.error(source or "<top level>", f"the configuration must be a mapping, got {got}")
             return Config(api=ApiConfig())
         top = self.mapping("", data, _TOP_KEYS) or {}
-        api = self.api(top.get("api"))
+        several = top.get("accounts") is not None
+        api = ApiConfig() if several else self.api(top.get("api"))
         deployments, deployment_lookbacks = self.deployments(top.get("deployments"))
         discover, discover_filter = self.discover(top.get("discover"))
         poll_interval = self.duration(
@@ -396,7 +425,11 @@ class _ConfigReader(Reader):
                         f"got {self.show(raw)}",
                     )
         listed = top.get("deployments")
-        if not self.failed("discover") and (listed is None or isinstance(listed, list)):
+        if several:
+            for key in ("api", "deployments", "discover"):
+                if key in top:
+                    self.error(key, "set it in each of accounts, not at the top level")
+        elif not self.failed("discover") and (listed is None or isinstance(listed, list)):
             if listed and discover:
                 self.error("discover", "set either deployments or discover: true, not both")
             elif not listed and not discover:
@@ -417,6 +450,7 @@ class _ConfigReader(Reader):
             metrics=metrics,
             sessions=sessions if sessions in _SESSIONS_MODES else "auto",
             sessions_timeout=timeout,
+            accounts=self.accounts(top, poll_interval, lookback, page_size, concurrency),
         )
 
     def discover(self, value: object) -> tuple[bool, DiscoverFilter | None]:
@@ -512,6 +546,74 @@ class _ConfigReader(Reader):
             ),
         )
 
+    def accounts(
+        self, top: dict[str, object], poll: float, lookback: float, page_size: int, workers: int
+    ) -> tuple[AccountConfig, ...]:
+        """The accounts list; each one read by a reader of its own, its errors prefixed."""
+        value = top.get("accounts")
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value:
+            self.error("accounts", f"must be a non-empty list of accounts, got {self.show(value)}")
+            return ()
+        result: list[AccountConfig] = []
+        names: dict[str, str] = {}
+        for index, item in enumerate(value):
+            path = f"accounts[{index}]"
+            section = self.mapping(path, item, _ACCOUNT_KEYS)
+            if section is None:
+                continue
+            sub = _ConfigReader(self.env, self.base_dir, in_account=True)
+            account = sub.account(section, poll, lookback, page_size, workers)
+            self.secrets.extend(sub.secrets)
+            self.errors.extend((f"{path}.{p}", m) for p, m in sub.errors)
+            if account.name in names:
+                self.error(
+                    f"{path}.name",
+                    f"duplicate account name {account.name!r} (already at {names[account.name]})",
+                )
+            elif account.name:
+                names[account.name] = path
+                result.append(account)
+        return tuple(result)
+
+    def account(
+        self, section: dict[str, object], poll: float, lookback: float, page_size: int, workers: int
+    ) -> AccountConfig:
+        name = self.string("name", section.get("name")) if "name" in section else None
+        if name is None or not _ACCOUNT_NAME.fullmatch(name):
+            shown = "is required" if name is None else f"got {self.show(name)}"
+            self.error("name", f"must be 1-63 letters, digits, '_', '.' or '-' ({shown})")
+            name = ""
+        api = self.api(section.get("api"))
+        deployments, lookbacks = self.deployments(section.get("deployments"))
+        discover = self.boolean("discover", section.get("discover"), False)
+        own_lookback = self.duration("lookback", section.get("lookback"), lookback)
+        for path, (seconds, raw) in {**lookbacks, "lookback": (own_lookback, "")}.items():
+            if path == "lookback" and section.get("lookback") is None:
+                continue  # the top-level lookback, checked there
+            if seconds < poll and not self.failed(path):
+                shown = self.show(section.get("lookback") if path == "lookback" else raw)
+                self.error(
+                    path, f"must be at least poll_interval ({format_duration(poll)}), got {shown}"
+                )
+        if not self.failed("deployments", "discover") and bool(deployments) == discover:
+            self.error("discover", "set either deployments or discover: true (exactly one)")
+        return AccountConfig(
+            name=name,
+            api=api,
+            deployments=deployments,
+            discover=discover,
+            lookback=own_lookback,
+            page_size=self.integer(
+                "page_size", section.get("page_size"), page_size, 1, MAX_PAGE_SIZE
+            ),
+            page_size_set=section.get("page_size") is not None,
+            concurrency=self.integer(
+                "concurrency", section.get("concurrency"), workers, 1, MAX_CONCURRENCY
+            ),
+        )
+
     def api(self, value: object) -> ApiConfig:
         section = {} if value is None else self.mapping("api", value, _API_KEYS)
         api_ok = section is not None
@@ -554,7 +656,20 @@ class _ConfigReader(Reader):
                 "api.max_clock_skew", section.get("max_clock_skew"), DEFAULT_MAX_CLOCK_SKEW
             ),
             insecure=insecure,
+            workspace_id=self.workspace_id(section.get("workspace_id")),
         )
+
+    def workspace_id(self, value: object) -> str | None:
+        if value is None:
+            return None
+        text = self.string("api.workspace_id", value)
+        if text is not None and not _WORKSPACE_ID.fullmatch(text):
+            self.error(
+                "api.workspace_id",
+                f"must be 1-128 printable ASCII characters without spaces, got {self.show(text)}",
+            )
+            return None
+        return text
 
     def url(self, value: object, insecure: bool) -> str:
         url = DEFAULT_API_URL
@@ -562,7 +677,8 @@ class _ConfigReader(Reader):
             text = self.string("api.url", value)
             if text is not None:
                 url = self.check_url(text, "", insecure) or url
-        override = self.env.get(URL_ENV, "").strip()
+        # Per account, the process-wide QODER_API_URL and QODER_PAT would be ambiguous.
+        override = "" if self.in_account else self.env.get(URL_ENV, "").strip()
         if override:
             url = self.check_url(override, f"from {URL_ENV}: ", insecure) or url
         return url
@@ -621,16 +737,18 @@ class _ConfigReader(Reader):
             return Secret(text), None
         if token_file is not None:
             return self.token_from_file(token_file)
-        pat = self.env.get(TOKEN_ENV, "").strip()
+        pat = "" if self.in_account else self.env.get(TOKEN_ENV, "").strip()
         if pat:
             if not _token_is_clean(pat):
                 self.error("api.token", f"{TOKEN_ENV} must be printable ASCII without spaces")
             return Secret(pat), None
         if api_ok:
-            self.error(
-                "api.token",
-                f"no token: set api.token, api.token_file or the {TOKEN_ENV} environment variable",
+            env = (
+                " or api.token_file"
+                if self.in_account
+                else (f", api.token_file or the {TOKEN_ENV} environment variable")
             )
+            self.error("api.token", f"no token: set api.token{env}")
         return Secret(""), None
 
     def path(self, key: str, value: object) -> str | None:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 FEED_PAGE_SIZE = 1000  # tried first for the feed; see feed_limit()
 # Runs in flight for longer than this are not looked for by jumping along the feed.
 JUMP_HORIZON_S = 3600.0
+# Other shards' runs a shard remembers (an id and a time each): a few MB at most.
+MAX_FOREIGN_RUNS = 200_000
 
 
 class FeedClient(Protocol):
@@ -107,6 +109,13 @@ class FeedReader:
         # Set by the cycle: records dated past it are refused (see models.parse_run).
         self.not_after: Bound = no_bound
         self.budget: RefreshBudget | None = None  # this cycle's fetches by id
+        # Sharded: runs of another shard's deployments are not unknown, just not ours.
+        self.owns: Callable[[str], bool] = _everything
+        # Sharded: the other shards' runs seen in the feed within JUMP_HORIZON_S (id ->
+        # created_at). They mark how far the feed was read and where a jump lands, as they
+        # would in one unsharded process; without them a shard pages down to its own newest
+        # run through every other shard's, and its jumps miss (a page holds fewer of its runs).
+        self._foreign: dict[str, float] = {}
 
     def read(
         self, plans: dict[str, SyncPlan], store: RunStore, now: float, forgotten: set[str]
@@ -125,18 +134,27 @@ class FeedReader:
         try:
             self.backoff.check()
             floor = min((p.floor for p in plans.values()), default=now)
-            known = frozenset().union(*(p.known for p in plans.values()))
+            known = frozenset().union(*(p.known for p in plans.values()), self._foreign)
             marks = [p.watermark for p in plans.values() if p.watermark is not None]
+            marks += self._foreign.values()
+            foreign: dict[str, float] = {}
             feed_plan = SyncPlan(False, known, frozenset(), floor, max(marks, default=None), True)
             for page in self._pages(None):
                 runs = self._parse(page)
                 for run in runs:
                     if run.deployment_id in by_dep:
                         by_dep[run.deployment_id].runs.append(run)
-                    elif run.deployment_id not in forgotten and run.created_at >= floor:
+                    elif (
+                        run.deployment_id not in forgotten
+                        and run.created_at >= floor
+                        and self.owns(run.deployment_id)
+                    ):
                         unknown = True  # a deployment we have not listed yet: next cycle
+                    if not self.owns(run.deployment_id):
+                        foreign[run.id] = run.created_at
                 if reached_known(runs, feed_plan):
                     break
+            self._remember(foreign, now)
             seen = {r.id for f in by_dep.values() for r in f.runs}
             stale = {
                 run_id: dep_id
@@ -189,7 +207,7 @@ class FeedReader:
         left over are fetched by id afterwards (refresh_in_flight).
         """
         limit = self.limit.value
-        order = _feed_order(store, stale, now - JUMP_HORIZON_S)
+        order = _feed_order(store, stale, now - JUMP_HORIZON_S, self._foreign)
         jumps, singles = plan_jumps(order, stale, limit)
         statuses = Counter(
             store.deployments[d].runs[r].status for d, p in plans.items() for r in p.in_flight
@@ -215,6 +233,16 @@ class FeedReader:
                 continue
             self._take(page, stale, by_dep)
 
+    def _remember(self, seen: dict[str, float], now: float) -> None:
+        if not seen and not self._foreign:
+            return
+        horizon = now - JUMP_HORIZON_S
+        kept = {r: t for r, t in self._foreign.items() if t >= horizon}
+        kept.update(seen)  # the newest, even past the horizon: where the next read stops
+        if len(kept) > MAX_FOREIGN_RUNS:
+            kept = dict(sorted(kept.items(), key=lambda kv: -kv[1])[:MAX_FOREIGN_RUNS])
+        self._foreign = kept
+
     def _take(self, page: Page, stale: dict[str, str], by_dep: dict[str, Fetched]) -> None:
         """Hand the stale runs a page holds to their deployments."""
         for run in self._parse(page):
@@ -223,7 +251,13 @@ class FeedReader:
                 by_dep[dep_id].runs.append(run)
 
 
-def _feed_order(store: RunStore, stale: dict[str, str], horizon: float) -> list[str]:
+def _everything(deployment_id: str) -> bool:
+    return True
+
+
+def _feed_order(
+    store: RunStore, stale: dict[str, str], horizon: float, foreign: dict[str, float]
+) -> list[str]:
     """The feed as the store knows it, newest first, back to the oldest stale run.
 
     Not further back than `horizon`: runs in flight for longer than that are few (stuck
@@ -237,5 +271,6 @@ def _feed_order(store: RunStore, stale: dict[str, str], horizon: float) -> list[
         for rid, t in st.runs.items()
         if t.created_at >= since
     ]
+    known += ((t, rid) for rid, t in foreign.items() if t >= since)
     known.sort(reverse=True)
     return [rid for _, rid in known]

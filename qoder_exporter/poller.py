@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from . import state
 from .backoff import Backoff, Paused
@@ -21,6 +22,7 @@ from .models import Deployment
 from .reader import DeploymentReader
 from .selfmetrics import PollStats, SelfMetrics
 from .sessions import SessionFollower
+from .sharding import NO_SHARD, Shard
 from .snapshot import Snapshot
 from .snapshot_builder import ReloadStatus, build_snapshot
 from .statewriter import StateWriter
@@ -44,9 +46,13 @@ class Poller:
         *,
         clock: Callable[[], float] = time.time,
         on_snapshot: Callable[[Snapshot], None] | None = None,
+        shard: Shard = NO_SHARD,
+        account: str | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        self.shard = shard
+        self.account = account  # the `account` label, when accounts are configured
         self.on_snapshot = on_snapshot
         # Survive reloads: the exporter's own counters.
         self.metrics = SelfMetrics()
@@ -79,7 +85,9 @@ class Poller:
         """The parts built from the config (and the client and tracker): new on each reload."""
         count = self.metrics.count_invalid
         self.limit = FeedLimit.for_config(config)
-        self.watch = WatchList(config, self.client, self.limit, count, self._drop, known)
+        self.watch = WatchList(
+            config, self.client, self.limit, count, self._drop, known, self.shard
+        )
         self.feed = FeedReader(self.client, self.backoff, self.limit, count)
         self.reader = DeploymentReader(
             self.client, self.backoff, config.page_size, count, config.sessions
@@ -88,6 +96,7 @@ class Poller:
         follower = SessionFollower(
             self.client, self.backoff, self.tracker, config.sessions_timeout, self._max_retries
         )
+        self.feed.owns = self.shard.owns
         self.cycle = Cycle(
             config.discover,
             self.client,
@@ -251,7 +260,7 @@ class Poller:
 
     def _build_snapshot(self) -> Snapshot:
         with self.tracker.lock:
-            return build_snapshot(
+            snap = build_snapshot(
                 self.clock(),
                 self.tracker,
                 self.watch,
@@ -261,10 +270,14 @@ class Poller:
                 self.config.poll_interval,
                 self.reload,
             )
+        if self.shard.sharded or self.account is not None:
+            snap = replace(snap, shard=self.shard if self.shard.sharded else None)
+            snap = replace(snap, account=self.account)
+        return snap
 
 
 def _new_client(config: Config) -> QoderClient:
-    return QoderClient(
+    client = QoderClient(
         config.api.url,
         config.api.token,
         timeout=config.api.timeout,
@@ -275,6 +288,9 @@ def _new_client(config: Config) -> QoderClient:
         max_pages=config.api.max_pages,
         max_clock_skew=config.api.max_clock_skew,
     )
+    if config.api.workspace_id:
+        client.session.headers["qoder-workspace-id"] = config.api.workspace_id
+    return client
 
 
 def refresh_limit(config: Config) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .filters import DEFAULT_METRICS, MetricsConfig
 from .models import Deployment
+from .sharding import Shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +77,9 @@ class Snapshot:
     reload_ok: bool | None = None  # None: the config was never reloaded
     reload_at: float | None = None
     metrics: MetricsConfig = DEFAULT_METRICS  # family filter, failed-duration switch
+    # Sharded (--total-shards > 1): qoder_exporter_shard_info says which shard this is.
+    shard: Shard | None = None
+    # With `accounts` configured: this account's name (its series' `account` label), and in
+    # the merged snapshot the per-account snapshots the collector renders, labelled.
+    account: str | None = None
+    accounts: tuple[Snapshot, ...] = ()

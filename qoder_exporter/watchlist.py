@@ -25,6 +25,7 @@ from .config import Config
 from .feed import FeedLimit
 from .fetched import Bound, no_bound, parse_records
 from .models import Deployment, ParseError, parse_deployment
+from .sharding import NO_SHARD, Shard
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ class WatchList:
         count_invalid: Callable[[str], None],
         on_forget: Callable[[str], None],
         known: dict[str, Deployment] | None = None,
+        shard: Shard = NO_SHARD,
     ) -> None:
         self.config = config
+        self.shard = shard  # only the deployments this shard owns are watched
         self.client = client
         self.limit = limit
         self.count_invalid = count_invalid
@@ -63,7 +66,8 @@ class WatchList:
         # Discover mode: listed but left out by discover's include/exclude, as of the last
         # listing. The feed ignores their runs rather than listing again for them.
         self.excluded: frozenset[str] = frozenset()
-        self._lookbacks = {d.id: d.lookback or config.lookback for d in config.deployments}
+        self._configured = [d for d in config.deployments if shard.owns(d.id)]
+        self._lookbacks = {d.id: d.lookback or config.lookback for d in self._configured}
         self._metadata_at: float | None = None
 
     def lookback(self, deployment_id: str) -> float:
@@ -72,22 +76,22 @@ class WatchList:
     def watched(self) -> list[str]:
         if self.config.discover:
             return sorted(self.deployments)
-        return [d.id for d in self.config.deployments if d.id not in self.forgotten]
+        return [d.id for d in self._configured if d.id not in self.forgotten]
 
     def missing(self) -> tuple[str, ...]:
         """Configured deployments the API answered 404 for (discover mode: none)."""
         if self.config.discover:
             return ()
-        return tuple(d.id for d in self.config.deployments if d.id in self.forgotten)
+        return tuple(d.id for d in self._configured if d.id in self.forgotten)
 
     def info(self, deployment_id: str) -> Deployment | None:
         return self.deployments.get(deployment_id)
 
     def unwatched(self, deployment_ids: Iterable[str]) -> list[str]:
-        """Configured mode: those of deployment_ids no longer listed (restored state, reload)."""
+        """Those of deployment_ids no longer listed or another shard's (restored state, reload)."""
         if self.config.discover:
-            return []
-        listed = {d.id for d in self.config.deployments}
+            return [d for d in deployment_ids if not self.shard.owns(d)]
+        listed = {d.id for d in self._configured}
         gone = [d for d in deployment_ids if d not in listed]
         for dep_id in gone:
             self.deployments.pop(dep_id, None)
@@ -133,6 +137,7 @@ class WatchList:
                 raise
             listed = self._list()
         if self.config.discover:
+            listed = {d: dep for d, dep in listed.items() if self.shard.owns(d)}
             keep = self.config.discover_filter
             excluded = frozenset(d for d, dep in listed.items() if keep and not keep.keeps(dep))
             for gone in set(self.deployments) - set(listed):
@@ -144,7 +149,7 @@ class WatchList:
             self.excluded = excluded
             self.deployments = {d: dep for d, dep in listed.items() if d not in excluded}
             return
-        for dep_cfg in self.config.deployments:
+        for dep_cfg in self._configured:
             dep_id = dep_cfg.id
             if dep_id in listed:
                 self.deployments[dep_id] = listed[dep_id]

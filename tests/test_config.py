@@ -792,7 +792,7 @@ def test_deployment_lookback_override_and_duplicates_across_forms() -> None:
             {"discover": True, 7: 1},
             "[7]: unknown key (expected one of: api, deployments, discover, "
             "poll_interval, lookback, page_size, concurrency, duration_buckets, state_file, "
-            "metrics, sessions, sessions_timeout)",
+            "metrics, sessions, sessions_timeout, accounts)",
         ),
     ],
 )
