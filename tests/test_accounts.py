@@ -29,6 +29,9 @@ from .conftest import TOKEN, make_config
 from .truth import STEP, assert_matches_truth
 from .waiting import eventually
 
+# Two simulators and real poll threads per test: the system layer.
+pytestmark = pytest.mark.system
+
 TOKEN_B = "pt-test-OTHER-91be02"
 
 

@@ -21,6 +21,9 @@ from qoder_exporter.simulator import DeploymentSpec, SessionOptions, Simulator
 
 from .conftest import TOKEN, make_config
 
+# Simulated days and fault runs against the simulator: the system layer.
+pytestmark = pytest.mark.system
+
 STEP = 300.0
 TIMEOUT_S = 7200.0
 LOOKBACK_S = 86400.0
