@@ -26,8 +26,9 @@ from prometheus_client.core import (
 from prometheus_client.openmetrics import exposition as om_format
 from prometheus_client.utils import floatToGoString
 
-from . import __version__
+from . import __version__, fragments
 from .client import ERROR_KINDS
+from .fragments import FragmentCache
 from .models import RUN_ERROR_TYPES, STATUSES, TERMINAL, TRIGGERS
 from .snapshot import DeploymentView, HistogramData, Snapshot
 from .sync import QUEUE_BUCKETS
@@ -481,15 +482,55 @@ class _RenderFailuresCollector:
         yield _render_failures_family(self.exposition.render_failures)
 
 
+class _SelfCollector:
+    """The exporter's own families, few samples each: rendered by prometheus_client."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        return list(_self_families(Snapshot(taken_at=0.0, buckets=())))
+
+    def collect(self) -> Iterator[Metric]:
+        return _self_families(self.snapshot)
+
+
+class _Headers:
+    """Each per-deployment family's HELP and TYPE lines, plain and gzipped, per format."""
+
+    def __init__(self, families: tuple[fragments.Family, ...]) -> None:
+        self.text, self.om = fragments.headers(families)
+        self.text_gz = [gzip.compress(h, 6) for h in self.text]
+        self.om_gz = [gzip.compress(h, 6) for h in self.om]
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """One per-deployment family's samples of the last render, and their gzip member."""
+
+    samples: bytes
+    gz: bytes
+
+
 class Exposition:
-    """Holds the rendered exposition of the latest snapshot; safe for concurrent scrapes."""
+    """Holds the rendered exposition of the latest snapshot; safe for concurrent scrapes.
+
+    The per-deployment families are assembled from fragments.FragmentCache (only the
+    deployments whose values changed are rendered again) and gzipped family by family, each
+    family's member kept while its samples stay the same; a gzip stream may hold several
+    members, which Go's and Python's decoders join. Sample lines are the same in both
+    formats, so one gzip member per family serves both; only the headers differ.
+    """
 
     def __init__(self, snapshot: Snapshot, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.render_failures = 0
-        self._collector = SnapshotCollector(snapshot)
+        self.fragments = FragmentCache()
+        self._headers = _Headers(self.fragments.families)
+        self._families: list[_Family] = []
+        self._self = _SelfCollector(snapshot)
         self._registry = CollectorRegistry(auto_describe=True)
-        self._registry.register(self._collector)
+        self._registry.register(self._self)
         self._registry.register(_RenderFailuresCollector(self))
         self._lock = threading.Lock()  # serialises renders, never held by scrapes
         self._rendered = self._render_or_fallback(snapshot)
@@ -527,12 +568,38 @@ class Exposition:
         return _Rendered(text, gzip.compress(text, 6), om, gzip.compress(om, 6), ())
 
     def _render(self, snapshot: Snapshot) -> _Rendered:
-        self._collector.snapshot = snapshot  # the registry renders what the collector holds
-        text = text_format.generate_latest(self._registry)
-        om: bytes = om_format.generate_latest(self._registry)  # type: ignore[no-untyped-call]
-        om = om.removesuffix(_OM_EOF)
+        frags = self.fragments.fragments(snapshot.deployments, snapshot.buckets)
+        missing = "".join(
+            f'qoder_deployment_watched_missing{{deployment_id="{_escape(d)}"}} 1.0\n'
+            for d in snapshot.missing
+        )
+        families = []
+        for i in range(len(self.fragments.families)):
+            samples = "".join(f[i] for f in frags)
+            if i == len(self.fragments.families) - 1:
+                samples += missing
+            data = samples.encode()
+            prev = self._families[i] if i < len(self._families) else None
+            if prev is not None and prev.samples == data:
+                families.append(prev)  # unchanged: its gzip member too
+            else:
+                families.append(_Family(data, gzip.compress(data, 6)))
+        self._families = families
+        self._self.snapshot = snapshot
+        tail_text = text_format.generate_latest(self._registry)
+        tail_om: bytes = om_format.generate_latest(self._registry)  # type: ignore[no-untyped-call]
+        tail_om = tail_om.removesuffix(_OM_EOF)
+        h = self._headers
+        text = b"".join(p for i, f in enumerate(families) for p in (h.text[i], f.samples))
+        om = b"".join(p for i, f in enumerate(families) for p in (h.om[i], f.samples))
+        text_gz = b"".join(p for i, f in enumerate(families) for p in (h.text_gz[i], f.gz))
+        om_gz = b"".join(p for i, f in enumerate(families) for p in (h.om_gz[i], f.gz))
         return _Rendered(
-            text, gzip.compress(text, 6), om, gzip.compress(om, 6), _age_templates(snapshot)
+            text + tail_text,
+            text_gz + gzip.compress(tail_text, 6),
+            om + tail_om,
+            om_gz + gzip.compress(tail_om, 6),
+            _age_templates(snapshot),
         )
 
     def body(self, *, openmetrics: bool, compress: bool) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import platform
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
@@ -250,3 +251,98 @@ def test_archived_deployment_reads_archived_and_has_no_expected_run() -> None:
 def test_next_trigger_prefers_upcoming_runs_at() -> None:
     values = [v for _, v in _samples("qoder_deployment_next_trigger_timestamp_seconds")]
     assert values == [NOW + 300]  # not stats.next_trigger_at (NOW + 600)
+
+
+def _reference(snap: Snapshot, *, openmetrics: bool) -> bytes:
+    """What prometheus_client writes for collector.families(): the fragments must match it."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import exposition as text_format
+    from prometheus_client.openmetrics import exposition as om_format
+
+    from qoder_exporter.collector import SnapshotCollector, _RenderFailuresCollector
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(SnapshotCollector(snap))
+    registry.register(_RenderFailuresCollector(Exposition(Snapshot(0.0, ()), lambda: 0.0)))
+    if openmetrics:
+        body: bytes = om_format.generate_latest(registry)
+        return body.removesuffix(b"# EOF\n")
+    return text_format.generate_latest(registry)
+
+
+def _static(body: bytes) -> bytes:
+    """The body before the scrape-time ages."""
+    return body[: body.index(b"# HELP qoder_deployment_last_success_age_seconds")]
+
+
+def _varied_snapshot() -> Snapshot:
+    """The fixed snapshot's deployments plus odd ones: escapes, exponents, no metadata."""
+    snap = fixed_snapshot()
+    odd = DeploymentView(
+        id='dep_"odd"\\\n',
+        info=Deployment(
+            id="x",
+            name="a\\b\nc",
+            status="paused",
+            agent_id="agent_é",
+            schedule="",
+            consecutive_failures=1234567,
+            next_trigger_at=0.5,
+        ),
+        recent={"running": 10**7},
+        totals={"failed": 1},
+        durations={"skipped": HistogramData((0, 0, 1), 1e-9)},
+        errors={"weird": 3},
+        last_success=1e21,
+        last_finished_status="skipped",
+        oldest_in_flight={},
+        sync_ok=False,
+        last_sync=None,
+        last_error=None,
+        retried_failures=10**9,
+        consecutive_failures=7,
+        last_run=123456.5,
+        last_failure=1234567.0,
+    )
+    bare = DeploymentView("dep_bare", None, {}, {}, {}, {}, None, None, {}, True, None, None)
+    return Snapshot(
+        taken_at=NOW,
+        buckets=snap.buckets,
+        deployments=(*snap.deployments[:1], odd, bare, *snap.deployments[1:]),
+        missing=("dep_gone", 'dep_"gone2"'),
+        up=True,
+    )
+
+
+def test_fragments_match_prometheus_client_for_both_formats() -> None:
+    varied = _varied_snapshot()
+    odd_bounds = replace(varied, deployments=varied.deployments[2:3], buckets=(0.001, 2.5, 1e7))
+    for snap in (fixed_snapshot(), varied, odd_bounds, Snapshot(taken_at=NOW, buckets=())):
+        expo = Exposition(snap, lambda: NOW)
+        for om in (False, True):
+            body = expo.body(openmetrics=om, compress=False)
+            assert _static(body) == _reference(snap, openmetrics=om)
+
+
+def test_second_render_re_renders_only_the_changed_deployment() -> None:
+    snap = _varied_snapshot()
+    expo = Exposition(snap, lambda: NOW)
+    assert expo.fragments.rendered == len(snap.deployments)
+    # A new poll: fresh view objects (and a new sync time, which /metrics does not show)
+    # for every deployment, new values for one only.
+    changed = tuple(replace(d, last_sync=NOW + 60, recent=dict(d.recent)) for d in snap.deployments)
+    changed = (
+        changed[0],
+        replace(changed[1], totals={"failed": 2}, by_trigger={("failed", "retry"): 2}),
+        *changed[2:],
+    )
+    second = replace(snap, taken_at=NOW + 60, deployments=changed)
+    expo.update(second)
+    assert expo.fragments.rendered == len(snap.deployments) + 1
+    for om in (False, True):
+        body = expo.body(openmetrics=om, compress=False)
+        assert _static(body) == _reference(second, openmetrics=om)
+        gz = expo.body(openmetrics=om, compress=True)
+        assert gzip.decompress(gz) == body
+    expo.update(second)
+    assert expo.fragments.rendered == len(snap.deployments) + 1
