@@ -15,7 +15,9 @@ from qoder_exporter import __version__
 from qoder_exporter.client import ERROR_KINDS
 from qoder_exporter.collector import API_ENDPOINTS, Exposition
 from qoder_exporter.models import RUN_ERROR_TYPES, Deployment
+from qoder_exporter.simulator import Simulator
 from qoder_exporter.snapshot import DeploymentView, HistogramData, Snapshot
+from qoder_exporter.snapshot_builder import build_snapshot
 
 GOLDEN = Path(__file__).parent / "testdata" / "golden.prom"
 NOW = 1_781_400_000.0
@@ -346,3 +348,39 @@ def test_second_render_re_renders_only_the_changed_deployment() -> None:
         assert gzip.decompress(gz) == body
     expo.update(second)
     assert expo.fragments.rendered == len(snap.deployments) + 1
+
+
+def test_kept_views_and_plans_equal_fresh_ones_across_polls(sim: Simulator, poller_for) -> None:  # type: ignore[no-untyped-def]
+    """The snapshot builder's kept views and the store's kept plans are what building them
+    afresh gives, poll after poll; quiet deployments are not read from the store again."""
+    poller = poller_for(discover=True)
+    expo = Exposition(poller.snapshot, sim.clock.now)
+    for _ in range(6):
+        poller.poll_once()
+        expo.update(poller.snapshot)
+        with poller.tracker.lock:
+            fresh = build_snapshot(
+                sim.clock.now(),
+                poller.tracker,
+                poller.watch,
+                poller.stats,
+                poller.metrics,
+                poller.client.bucket,
+                poller.config.poll_interval,
+                poller.reload,
+            )
+            store = poller.store
+            for dep_id, state in store.deployments.items():
+                plan = store.plan(dep_id, sim.clock.now(), 86400.0)
+                state.plan_cache = None
+                assert plan == store.plan(dep_id, sim.clock.now(), 86400.0)
+        assert [replace(d, last_sync=None) for d in fresh.deployments] == [
+            replace(d, last_sync=None) for d in poller.snapshot.deployments
+        ]
+        sim.advance(60.0)
+    assert poller.views.built < 6 * len(poller.snapshot.deployments)
+    for om in (False, True):
+        fresh_expo = Exposition(poller.snapshot, sim.clock.now)
+        assert expo.body(openmetrics=om, compress=False) == fresh_expo.body(
+            openmetrics=om, compress=False
+        )
