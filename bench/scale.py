@@ -26,6 +26,7 @@ def run(sizes: list[int], cycles: int = 3, settle: int = 2) -> list[poll.PollRes
         began = time.perf_counter()
         out += poll.poll_time(n, (DISCOVER,), latency=0.0, cycles=cycles, settle=settle)
         log(f"scale: {n} deployments took {time.perf_counter() - began:.0f} s")
+        log("\n" + report(out[-1:]))  # each size as it is done: the large ones take long
     return out
 
 

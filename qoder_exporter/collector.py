@@ -12,7 +12,7 @@ import gzip
 import logging
 import platform
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -400,9 +400,9 @@ def _escape(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Rendered:
-    text: bytes
+    text: _Lazy
     text_gz: bytes
-    om: bytes
+    om: _Lazy
     om_gz: bytes
     ages: tuple[_AgeFamily, ...]  # gauges computed at scrape time
 
@@ -416,7 +416,21 @@ class _AgeSeries:
 @dataclass(frozen=True, slots=True)
 class _AgeFamily:
     header: str  # HELP and TYPE lines
-    series: tuple[_AgeSeries, ...]
+    # A str is lines that do not change with the time (0 when nothing is in flight),
+    # consecutive ones joined: most of them at scale.
+    series: tuple[_AgeSeries | str, ...]
+
+
+def _constant_runs(series: Iterable[_AgeSeries]) -> tuple[_AgeSeries | str, ...]:
+    out: list[_AgeSeries | str] = []
+    for s in series:
+        if s.since is not None:
+            out.append(s)
+        elif out and isinstance(out[-1], str):
+            out[-1] += f"{s.prefix}0.000\n"
+        else:
+            out.append(f"{s.prefix}0.000\n")
+    return tuple(out)
 
 
 def _age_templates(snap: Snapshot) -> tuple[_AgeFamily, ...]:
@@ -570,23 +584,29 @@ class Exposition:
         text = text_format.generate_latest(registry)
         om: bytes = om_format.generate_latest(registry)  # type: ignore[no-untyped-call]
         om = om.removesuffix(_OM_EOF)
-        return _Rendered(text, gzip.compress(text, 6), om, gzip.compress(om, 6), ())
+        return _Rendered(
+            _Lazy([text]), gzip.compress(text, 6), _Lazy([om]), gzip.compress(om, 6), ()
+        )
 
     def _render(self, snapshot: Snapshot) -> _Rendered:
-        frags = self.fragments.fragments(snapshot.deployments, snapshot.buckets)
+        frags, dirty = self.fragments.fragments(snapshot.deployments, snapshot.buckets)
+        last = len(self.fragments.families) - 1  # watched_missing: also the missing ones
         missing = "".join(
             f'qoder_deployment_watched_missing{{deployment_id="{_escape(d)}"}} 1.0\n'
             for d in snapshot.missing
         )
         families = []
-        for i in range(len(self.fragments.families)):
+        for i in range(last + 1):
+            prev = self._families[i] if i < len(self._families) else None
+            if prev is not None and dirty is not None and i not in dirty and i != last:
+                families.append(prev)  # no deployment's lines changed: nor its gzip member
+                continue
             samples = "".join(f[i] for f in frags)
-            if i == len(self.fragments.families) - 1:
+            if i == last:
                 samples += missing
             data = samples.encode()
-            prev = self._families[i] if i < len(self._families) else None
             if prev is not None and prev.samples == data:
-                families.append(prev)  # unchanged: its gzip member too
+                families.append(prev)
             else:
                 families.append(_Family(data, gzip.compress(data, _FAMILY_GZIP_LEVEL)))
         self._families = families
@@ -595,14 +615,14 @@ class Exposition:
         tail_om: bytes = om_format.generate_latest(self._registry)  # type: ignore[no-untyped-call]
         tail_om = tail_om.removesuffix(_OM_EOF)
         h = self._headers
-        text = b"".join(p for i, f in enumerate(families) for p in (h.text[i], f.samples))
-        om = b"".join(p for i, f in enumerate(families) for p in (h.om[i], f.samples))
+        text = [p for i, f in enumerate(families) for p in (h.text[i], f.samples)]
+        om = [p for i, f in enumerate(families) for p in (h.om[i], f.samples)]
         text_gz = b"".join(p for i, f in enumerate(families) for p in (h.text_gz[i], f.gz))
         om_gz = b"".join(p for i, f in enumerate(families) for p in (h.om_gz[i], f.gz))
         return _Rendered(
-            text + tail_text,
+            _Lazy([*text, tail_text]),
             text_gz + gzip.compress(tail_text, 6),
-            om + tail_om,
+            _Lazy([*om, tail_om]),
             om_gz + gzip.compress(tail_om, 6),
             _age_templates(snapshot),
         )
@@ -615,16 +635,33 @@ class Exposition:
         for family in rendered.ages:
             parts.append(family.header)
             parts.extend(
-                f"{s.prefix}{max(now - s.since, 0.0) if s.since is not None else 0.0:.3f}\n"
+                s
+                if isinstance(s, str)
+                else f"{s.prefix}{max(now - s.since, 0.0) if s.since is not None else 0.0:.3f}\n"
                 for s in family.series
             )
         tail = "".join(parts).encode()
         if openmetrics:
             tail += _OM_EOF
-        static = (
-            (rendered.om_gz if compress else rendered.om)
-            if openmetrics
-            else (rendered.text_gz if compress else rendered.text)
-        )
-        # A gzip stream may hold several members; decoders (Go's, Python's) join them.
-        return static + (gzip.compress(tail, 6) if compress else tail)
+        if compress:
+            static = rendered.om_gz if openmetrics else rendered.text_gz
+            # A gzip stream may hold several members; decoders (Go's, Python's) join them.
+            return static + gzip.compress(tail, _FAMILY_GZIP_LEVEL)
+        return (rendered.om if openmetrics else rendered.text).get() + tail
+
+
+class _Lazy:
+    """An uncompressed body, joined from its parts on the first scrape that asks for it:
+    Prometheus asks for gzip, so most polls never need the tens of MB joined."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self._parts: list[bytes] | None = parts
+        self._joined: bytes | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> bytes:
+        with self._lock:
+            if self._joined is None:
+                assert self._parts is not None
+                self._joined, self._parts = b"".join(self._parts), None
+            return self._joined

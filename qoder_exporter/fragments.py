@@ -385,23 +385,35 @@ class FragmentCache:
         self.rendered = 0
         # deployment id -> (view, bounds, fragments)
         self._cache: dict[str, tuple[DeploymentView, tuple[float, ...], tuple[str, ...]]] = {}
+        self._ids: list[str] = []
 
     def fragments(
         self, views: Sequence[DeploymentView], bounds: tuple[float, ...]
-    ) -> list[tuple[str, ...]]:
-        """The fragments of these views, in order; forgets deployments no longer listed."""
+    ) -> tuple[list[tuple[str, ...]], set[int] | None]:
+        """The fragments of these views, in order, and the indexes of the families whose
+        lines changed since the last call (None: all may have, the deployments differ).
+        Forgets deployments no longer listed."""
         old, new = self._cache, {}
         out = []
+        dirty: set[int] | None = set()
+        ids = [v.id for v in views]
+        if ids != self._ids:
+            dirty = None
         for view in views:
             hit = old.get(view.id)
             if hit is not None and hit[1] == bounds and renders_same(hit[0], view):
                 frags = hit[2]
             else:
                 frags = self._render(view, bounds)
+                if dirty is not None:
+                    if hit is None:
+                        dirty = None
+                    else:
+                        dirty.update(i for i, f in enumerate(frags) if f != hit[2][i])
             new[view.id] = (view, bounds, frags)
             out.append(frags)
-        self._cache = new
-        return out
+        self._cache, self._ids = new, ids
+        return out, dirty
 
     def _render(self, view: DeploymentView, bounds: tuple[float, ...]) -> tuple[str, ...]:
         self.rendered += 1
