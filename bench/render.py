@@ -80,6 +80,15 @@ def measure(n: int, changed: float, seed: int = 1) -> dict[str, float]:
     }
 
 
+def measure_in_child(n: int, changed: float) -> dict[str, float]:
+    """measure() in a fresh process, so RSS is that size's alone."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        row: dict[str, float] = pool.apply(measure, (n, changed))
+    return row
+
+
 def report(rows: list[dict[str, float]], changed: float) -> str:
     return table(
         [
@@ -118,11 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"load average {load_average()}")
     rows = []
     for n in args.deployments:
-        import multiprocessing
-
-        # Each size in a fresh process, so RSS is that size's alone.
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            rows.append(pool.apply(measure, (n, args.changed)))
+        rows.append(measure_in_child(n, args.changed))
         log(f"render: {n} deployments done")
         print(report(rows[-1:], args.changed), flush=True)
     print(report(rows, args.changed))
