@@ -22,7 +22,7 @@ from .reader import DeploymentReader
 from .selfmetrics import PollStats, SelfMetrics
 from .sessions import SessionFollower
 from .snapshot import Snapshot
-from .snapshot_builder import ReloadStatus, build_snapshot
+from .snapshot_builder import ReloadStatus, ViewCache, build_snapshot
 from .statewriter import StateWriter
 from .sync import RunStore
 from .tokenfile import TokenFile
@@ -63,6 +63,7 @@ class Poller:
         self._pending: Config | None = None
         self._wake = threading.Event()
         self._early_at: float | None = None  # when a reload last cut a wait short
+        self.views = ViewCache()  # unchanged deployments keep their views between polls
         self._build_parts(config, known={})
         if config.state_file:
             state.load(
@@ -260,6 +261,7 @@ class Poller:
                 self.client.bucket,
                 self.config.poll_interval,
                 self.reload,
+                self.views,
             )
 
 
