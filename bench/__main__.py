@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import api_cost, memory, poll, scrape
+from . import api_cost, memory, poll, render, scale, scrape
 from .common import load_average, log, machine, median, table
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("scrape", "api", "poll", "memory", "cpu", "shards")
+PARTS = ("scrape", "api", "poll", "memory", "cpu", "shards", "scale")
 # "A few requests per cycle" for discover mode, made a number.
 FEW = 10
 
@@ -36,6 +36,10 @@ class Profile:
     poll_cycles: int
     memory_sizes: tuple[int, ...]
     memory_repeats: int
+    # Issue 14: render at these sizes (synthetic snapshot), poll cycles with the simulator
+    # up to scale_poll_max deployments (its world and first sync take minutes at 5,000).
+    scale_sizes: tuple[int, ...] = (1000, 5000, 10_000, 20_000)
+    scale_poll_max: int = 5000
 
 
 FULL = Profile(
@@ -68,6 +72,8 @@ QUICK = Profile(
     poll_cycles=2,
     memory_sizes=(10_000, 100_000),
     memory_repeats=1,
+    scale_sizes=(200,),
+    scale_poll_max=200,
 )
 
 
@@ -328,6 +334,22 @@ def run_poll(p: Profile, out: Results, data: dict[str, Any]) -> None:
             )
 
 
+def run_scale(p: Profile, out: Results, data: dict[str, Any]) -> None:
+    rows = [render.measure_in_child(n, 0.25) for n in p.scale_sizes]
+    polled = scale.run([n for n in p.scale_sizes if n <= p.scale_poll_max], cycles=2)
+    data["scale"] = {"render": rows}
+    body = (
+        "Render after a poll on bench.workload's synthetic snapshot (no API), each size in a "
+        "fresh process: the first render, a quiet one (new views, same values) and one with "
+        "25% of the deployments changed (`python -m bench.render`).\n\n"
+        + render.report(rows, 0.25)
+        + "\n\nQuiet discover-mode poll cycles against the simulator (24 h window, no added "
+        "latency), the poller in its own process (`python -m bench.scale`):\n\n"
+        + scale.report(polled)
+    )
+    out.section("6. Scale: 1,000 to 20,000 deployments in one process (issue 14)", body)
+
+
 def run_memory(p: Profile, out: Results, data: dict[str, Any]) -> None:
     rows = memory.memory_bench(list(p.memory_sizes), repeats=p.memory_repeats)
     data["memory"] = rows
@@ -506,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": run_memory,
         "cpu": run_cpu,
         "shards": run_shards,
+        "scale": run_scale,
     }
     for name in PARTS:
         if name in args.only:

@@ -49,8 +49,10 @@ def _child(conn: Connection, clock: Any, doc: dict[str, Any]) -> None:
             cpu0, wall0 = time.process_time(), time.perf_counter()
             ok = poller.poll_once()
             wall1, cpu1 = time.perf_counter(), time.process_time()
+            rendered0 = exposition.fragments.rendered
             exposition.update(poller.snapshot)
             cpu2 = time.process_time()
+            text = exposition.body(openmetrics=False, compress=False)
             conn.send(
                 {
                     "ok": ok,
@@ -61,6 +63,10 @@ def _child(conn: Connection, clock: Any, doc: dict[str, Any]) -> None:
                     "rate_waits": poller.client.bucket.waits - waits0,
                     "tracked": poller.store.size(),
                     "rss_kib": status_kib("VmRSS"),
+                    "deployments_rendered": exposition.fragments.rendered - rendered0,
+                    "series": sum(1 for ln in text.splitlines() if not ln.startswith(b"#")),
+                    "body_bytes": len(text),
+                    "gzip_bytes": len(exposition.body(openmetrics=False, compress=True)),
                 }
             )
     finally:

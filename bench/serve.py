@@ -21,24 +21,11 @@ import sys
 import time
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily
 
 from qoder_exporter.collector import Exposition
 from qoder_exporter.server import ExporterServer
 
 from .workload import PlainCollector, snapshot
-
-
-class _NoRenderFailures:
-    def collect(self) -> list[CounterMetricFamily]:
-        return [
-            CounterMetricFamily(
-                "qoder_exporter_render_failures",
-                "Snapshots that could not be rendered; /metrics then says qoder_up 0 until one "
-                "renders.",
-                value=0.0,
-            )
-        ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(PlainCollector(snap, time.time))  # type: ignore[arg-type]
-        # The exporter's own render-failure counter, which the cached server adds itself.
-        registry.register(_NoRenderFailures())  # type: ignore[arg-type]
         httpd, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)
         port = httpd.server_address[1]
     print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)

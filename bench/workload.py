@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from qoder_exporter.collector import families
+from qoder_exporter.collector import _render_failures_family, families
 from qoder_exporter.config import DEFAULT_DURATION_BUCKETS
 from qoder_exporter.models import Deployment
 from qoder_exporter.selfmetrics import POLL_BUCKETS, REQUEST_BUCKETS
@@ -125,6 +125,8 @@ class PlainCollector:
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot
         yield from families(snap)
+        # The exporter registers its render-failure counter next to the snapshot's families.
+        yield _render_failures_family(0)
         now = self.clock()
         success = GaugeMetricFamily(
             AGE_METRICS[0],

@@ -12,7 +12,7 @@ import gzip
 import logging
 import platform
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -26,8 +26,9 @@ from prometheus_client.core import (
 from prometheus_client.openmetrics import exposition as om_format
 from prometheus_client.utils import floatToGoString
 
-from . import __version__
+from . import __version__, fragments
 from .client import ERROR_KINDS
+from .fragments import FragmentCache
 from .models import RUN_ERROR_TYPES, STATUSES, TERMINAL, TRIGGERS
 from .snapshot import DeploymentView, HistogramData, Snapshot
 from .sync import QUEUE_BUCKETS
@@ -68,7 +69,9 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     """Every metric family that changes only when a poll publishes a new snapshot."""
     keeps = snap.metrics.filter.keeps  # metrics.allowlist / denylist
     if snap.accounts:
-        source: Iterable[Metric] = _with_account(snap.accounts)
+        source: Iterable[Metric] = _with_account(
+            snap.accounts, lambda a: (*_deployment_families(a), *_self_families(a))
+        )
     else:
         source = (*_deployment_families(snap), *_self_families(snap))
     for family in (*source, *_process_families(snap)):
@@ -76,11 +79,13 @@ def families(snap: Snapshot) -> Iterator[Metric]:
             yield family
 
 
-def _with_account(accounts: tuple[Snapshot, ...]) -> Iterator[Metric]:
+def _with_account(
+    accounts: tuple[Snapshot, ...], families_of: Callable[[Snapshot], Iterable[Metric]]
+) -> Iterator[Metric]:
     """Each account's families, their samples labelled account="<name>", merged by name."""
     merged: dict[str, Metric] = {}
     for snap in accounts:
-        for family in (*_deployment_families(snap), *_self_families(snap)):
+        for family in families_of(snap):
             out = merged.get(family.name)
             if out is None:
                 out = Metric(family.name, family.documentation, family.type, family.unit)
@@ -487,9 +492,9 @@ def _escape(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Rendered:
-    text: bytes
+    text: _Lazy
     text_gz: bytes
-    om: bytes
+    om: _Lazy
     om_gz: bytes
     ages: tuple[_AgeFamily, ...]  # gauges computed at scrape time
 
@@ -503,13 +508,32 @@ class _AgeSeries:
 @dataclass(frozen=True, slots=True)
 class _AgeFamily:
     header: str  # HELP and TYPE lines
-    series: tuple[_AgeSeries, ...]
+    # A str is lines that do not change with the time (0 when nothing is in flight),
+    # consecutive ones joined: most of them at scale.
+    series: tuple[_AgeSeries | str, ...]
+
+
+def _constant_runs(series: Iterable[_AgeSeries]) -> tuple[_AgeSeries | str, ...]:
+    out: list[_AgeSeries | str] = []
+    for s in series:
+        if s.since is not None:
+            out.append(s)
+        elif out and isinstance(out[-1], str):
+            out[-1] += f"{s.prefix}0.000\n"
+        else:
+            out.append(f"{s.prefix}0.000\n")
+    return tuple(out)
+
+
+def _account_label(account: str | None) -> str:
+    """The account label pair and a comma, to put before deployment_id; "" without accounts."""
+    return "" if account is None else f'account="{_escape(account)}",'
 
 
 def _age_templates(snap: Snapshot) -> tuple[_AgeFamily, ...]:
     if not snap.accounts:
         return _ages(snap, "")
-    parts = [_ages(a, f'account="{_escape(a.account or "")}",') for a in snap.accounts]
+    parts = [_ages(a, _account_label(a.account or "")) for a in snap.accounts]
     return tuple(
         _AgeFamily(family.header, tuple(s for part in parts for s in part[i].series))
         for i, family in enumerate(parts[0])
@@ -582,15 +606,67 @@ class _RenderFailuresCollector:
         yield _render_failures_family(self.exposition.render_failures)
 
 
+class _SelfCollector:
+    """The exporter's own families, few samples each: rendered by prometheus_client."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        return list(_self_families(Snapshot(taken_at=0.0, buckets=())))
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        keeps = snap.metrics.filter.keeps  # as families() filters them
+        if snap.accounts:
+            source: Iterable[Metric] = _with_account(snap.accounts, _self_families)
+        else:
+            source = _self_families(snap)
+        return (f for f in (*source, *_process_families(snap)) if keeps(f.name, f.type))
+
+
+# The per-deployment families are tens of MB at 10,000 deployments: level 1 compresses them
+# about 3x faster than 6 for ~13% more bytes on the wire (bench/RESULTS.md, Scale).
+_FAMILY_GZIP_LEVEL = 1
+
+
+class _Headers:
+    """Each per-deployment family's HELP and TYPE lines, plain and gzipped, per format."""
+
+    def __init__(self, families: tuple[fragments.Family, ...]) -> None:
+        self.text, self.om = fragments.headers(families)
+        self.text_gz = [gzip.compress(h, 6) for h in self.text]
+        self.om_gz = [gzip.compress(h, 6) for h in self.om]
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """One per-deployment family's samples of the last render, and their gzip member."""
+
+    samples: bytes
+    gz: bytes
+
+
 class Exposition:
-    """Holds the rendered exposition of the latest snapshot; safe for concurrent scrapes."""
+    """Holds the rendered exposition of the latest snapshot; safe for concurrent scrapes.
+
+    The per-deployment families are assembled from fragments.FragmentCache (only the
+    deployments whose values changed are rendered again) and gzipped family by family, each
+    family's member kept while its samples stay the same; a gzip stream may hold several
+    members, which Go's and Python's decoders join. Sample lines are the same in both
+    formats, so one gzip member per family serves both; only the headers differ.
+    """
 
     def __init__(self, snapshot: Snapshot, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.render_failures = 0
-        self._collector = SnapshotCollector(snapshot)
+        self._metrics = snapshot.metrics
+        self.fragments = FragmentCache(fragments.families_for(self._metrics))
+        self._headers = _Headers(self.fragments.families)
+        self._families: list[_Family] = []
+        self._self = _SelfCollector(snapshot)
         self._registry = CollectorRegistry(auto_describe=True)
-        self._registry.register(self._collector)
+        self._registry.register(self._self)
         self._registry.register(_RenderFailuresCollector(self))
         self._lock = threading.Lock()  # serialises renders, never held by scrapes
         self._rendered = self._render_or_fallback(snapshot)
@@ -625,15 +701,55 @@ class Exposition:
         text = text_format.generate_latest(registry)
         om: bytes = om_format.generate_latest(registry)  # type: ignore[no-untyped-call]
         om = om.removesuffix(_OM_EOF)
-        return _Rendered(text, gzip.compress(text, 6), om, gzip.compress(om, 6), ())
+        return _Rendered(
+            _Lazy([text]), gzip.compress(text, 6), _Lazy([om]), gzip.compress(om, 6), ()
+        )
 
     def _render(self, snapshot: Snapshot) -> _Rendered:
-        self._collector.snapshot = snapshot  # the registry renders what the collector holds
-        text = text_format.generate_latest(self._registry)
-        om: bytes = om_format.generate_latest(self._registry)  # type: ignore[no-untyped-call]
-        om = om.removesuffix(_OM_EOF)
+        if snapshot.metrics != self._metrics:
+            # Another metrics: section (a reload): other families, or other lines in them.
+            self._metrics = snapshot.metrics
+            self.fragments = FragmentCache(fragments.families_for(self._metrics))
+            self._headers = _Headers(self.fragments.families)
+            self._families = []
+        # With accounts, each account's deployments in turn, labelled with its name.
+        parts = snapshot.accounts or (snapshot,)
+        groups = [(p.account if snapshot.accounts else None, p.deployments) for p in parts]
+        frags, dirty = self.fragments.fragments(groups, snapshot.buckets)
+        kept = self.fragments.families
+        # watched_missing (last when kept) also lists the configured deployments missing.
+        last = len(kept) - 1 if kept and kept[-1] is fragments.MISSING else None
+        families = []
+        for i in range(len(kept)):
+            prev = self._families[i] if i < len(self._families) else None
+            if prev is not None and dirty is not None and i not in dirty and i != last:
+                families.append(prev)  # no deployment's lines changed: nor its gzip member
+                continue
+            if i == last:
+                samples = _with_missing(frags, i, groups, [p.missing for p in parts])
+            else:
+                samples = "".join(f[i] for f in frags)
+            data = samples.encode()
+            if prev is not None and prev.samples == data:
+                families.append(prev)
+            else:
+                families.append(_Family(data, gzip.compress(data, _FAMILY_GZIP_LEVEL)))
+        self._families = families
+        self._self.snapshot = snapshot
+        tail_text = text_format.generate_latest(self._registry)
+        tail_om: bytes = om_format.generate_latest(self._registry)  # type: ignore[no-untyped-call]
+        tail_om = tail_om.removesuffix(_OM_EOF)
+        h = self._headers
+        text = [p for i, f in enumerate(families) for p in (h.text[i], f.samples)]
+        om = [p for i, f in enumerate(families) for p in (h.om[i], f.samples)]
+        text_gz = b"".join(p for i, f in enumerate(families) for p in (h.text_gz[i], f.gz))
+        om_gz = b"".join(p for i, f in enumerate(families) for p in (h.om_gz[i], f.gz))
         return _Rendered(
-            text, gzip.compress(text, 6), om, gzip.compress(om, 6), _age_templates(snapshot)
+            _Lazy([*text, tail_text]),
+            text_gz + gzip.compress(tail_text, 6),
+            _Lazy([*om, tail_om]),
+            om_gz + gzip.compress(tail_om, 6),
+            _age_templates(snapshot),
         )
 
     def body(self, *, openmetrics: bool, compress: bool) -> bytes:
@@ -644,16 +760,54 @@ class Exposition:
         for family in rendered.ages:
             parts.append(family.header)
             parts.extend(
-                f"{s.prefix}{max(now - s.since, 0.0) if s.since is not None else 0.0:.3f}\n"
+                s
+                if isinstance(s, str)
+                else f"{s.prefix}{max(now - s.since, 0.0) if s.since is not None else 0.0:.3f}\n"
                 for s in family.series
             )
         tail = "".join(parts).encode()
         if openmetrics:
             tail += _OM_EOF
-        static = (
-            (rendered.om_gz if compress else rendered.om)
-            if openmetrics
-            else (rendered.text_gz if compress else rendered.text)
+        if compress:
+            static = rendered.om_gz if openmetrics else rendered.text_gz
+            # A gzip stream may hold several members; decoders (Go's, Python's) join them.
+            return static + gzip.compress(tail, _FAMILY_GZIP_LEVEL)
+        return (rendered.om if openmetrics else rendered.text).get() + tail
+
+
+def _with_missing(
+    frags: list[tuple[str, ...]],
+    i: int,
+    groups: Sequence[fragments.Group],
+    missing: Sequence[tuple[str, ...]],
+) -> str:
+    """watched_missing's lines: each account's watched deployments (0), then its
+    configured deployments that are missing (1), as collector.families() gives them."""
+    out: list[str] = []
+    at = 0
+    for (account, views), gone in zip(groups, missing, strict=True):
+        out.extend(f[i] for f in frags[at : at + len(views)])
+        at += len(views)
+        label = _account_label(account)
+        out.extend(
+            f'qoder_deployment_watched_missing{{{label}deployment_id="{_escape(d)}"}} 1.0\n'
+            for d in gone
         )
-        # A gzip stream may hold several members; decoders (Go's, Python's) join them.
-        return static + (gzip.compress(tail, 6) if compress else tail)
+    return "".join(out)
+
+
+class _Lazy:
+    """An uncompressed body, joined from its parts on the first scrape that asks for it:
+    Prometheus asks for gzip, so most polls never need the tens of MB joined."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self._parts: list[bytes] | None = parts
+        self._joined: bytes | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> bytes:
+        with self._lock:
+            if self._joined is None:
+                assert self._parts is not None
+                self._joined, self._parts = b"".join(self._parts), None
+            return self._joined

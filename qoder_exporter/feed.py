@@ -29,7 +29,7 @@ from .fetched import (
 )
 from .models import IN_FLIGHT, Run
 from .reader import HISTORY_PAGES
-from .sync import RunStore, SyncPlan, plan_jumps, reached_known
+from .sync import OVERLAP_S, RunStore, SyncPlan, plan_jumps
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +134,10 @@ class FeedReader:
         try:
             self.backoff.check()
             floor = min((p.floor for p in plans.values()), default=now)
-            known = frozenset().union(*(p.known for p in plans.values()), self._foreign)
             marks = [p.watermark for p in plans.values() if p.watermark is not None]
             marks += self._foreign.values()
+            watermark = max(marks, default=None)
             foreign: dict[str, float] = {}
-            feed_plan = SyncPlan(False, known, frozenset(), floor, max(marks, default=None), True)
             for page in self._pages(None):
                 runs = self._parse(page)
                 for run in runs:
@@ -152,7 +151,7 @@ class FeedReader:
                         unknown = True  # a deployment we have not listed yet: next cycle
                     if not self.owns(run.deployment_id):
                         foreign[run.id] = run.created_at
-                if reached_known(runs, feed_plan):
+                if _reached_known(runs, plans, self._foreign, floor, watermark):
                     break
             self._remember(foreign, now)
             seen = {r.id for f in by_dep.values() for r in f.runs}
@@ -255,22 +254,53 @@ def _everything(deployment_id: str) -> bool:
     return True
 
 
+def _reached_known(
+    runs: list[Run],
+    plans: dict[str, SyncPlan],
+    foreign: dict[str, float],
+    floor: float,
+    watermark: float | None,
+) -> bool:
+    """sync.reached_known for the feed: each run looked up in its own deployment's plan (or
+    among the other shards' runs), so no union of every deployment's known runs is built
+    each cycle."""
+    if any(r.created_at < floor for r in runs):
+        return True
+    if watermark is None:
+        return False
+    bound = watermark - OVERLAP_S
+    for r in runs:
+        if r.created_at > bound:
+            continue
+        plan = plans.get(r.deployment_id)
+        if r.id in foreign if plan is None else r.id in plan.known:
+            return True
+    return False
+
+
+# Runs are tracked in about the order they were created (each read is folded in creation
+# order, newer reads later); this much disorder is allowed for when _feed_order stops.
+_ORDER_SLACK_S = 600.0
+
+
 def _feed_order(
     store: RunStore, stale: dict[str, str], horizon: float, foreign: dict[str, float]
 ) -> list[str]:
     """The feed as the store knows it, newest first, back to the oldest stale run.
 
     Not further back than `horizon`: runs in flight for longer than that are few (stuck
-    ones) and are found by the status lists or by id.
+    ones) and are found by the status lists or by id. Each deployment's runs are read from
+    the newest tracked back, not all of them: the window holds a day, this a few minutes.
     """
     since = min(store.deployments[d].runs[r].created_at for r, d in stale.items())
     since = max(since, horizon)
-    known = [
-        (t.created_at, rid)
-        for st in store.deployments.values()
-        for rid, t in st.runs.items()
-        if t.created_at >= since
-    ]
+    known = []
+    for st in store.deployments.values():
+        for rid, t in reversed(st.runs.items()):
+            if t.created_at >= since:
+                known.append((t.created_at, rid))
+            elif t.created_at < since - _ORDER_SLACK_S:
+                break
     known += ((t, rid) for rid, t in foreign.items() if t >= since)
     known.sort(reverse=True)
     return [rid for _, rid in known]

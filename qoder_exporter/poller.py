@@ -24,7 +24,7 @@ from .selfmetrics import PollStats, SelfMetrics
 from .sessions import SessionFollower
 from .sharding import NO_SHARD, Shard
 from .snapshot import Snapshot
-from .snapshot_builder import ReloadStatus, build_snapshot
+from .snapshot_builder import ReloadStatus, ViewCache, build_snapshot
 from .statewriter import StateWriter
 from .sync import RunStore
 from .tokenfile import TokenFile
@@ -69,6 +69,7 @@ class Poller:
         self._pending: Config | None = None
         self._wake = threading.Event()
         self._early_at: float | None = None  # when a reload last cut a wait short
+        self.views = ViewCache()  # unchanged deployments keep their views between polls
         self._build_parts(config, known={})
         if config.state_file:
             state.load(
@@ -269,6 +270,7 @@ class Poller:
                 self.client.bucket,
                 self.config.poll_interval,
                 self.reload,
+                self.views,
             )
         if self.shard.sharded or self.account is not None:
             snap = replace(snap, shard=self.shard if self.shard.sharded else None)

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .client import TokenBucket
+from .models import Deployment
 from .selfmetrics import POLL_BUCKETS, REQUEST_BUCKETS, PollStats, SelfMetrics, frozen
 from .snapshot import DeploymentView, Snapshot
-from .sync import DeploymentState
+from .sync import DeploymentState, RunStore
 from .tracker import SyncStatus, Tracker
 from .watchlist import WatchList
 
@@ -17,6 +18,27 @@ from .watchlist import WatchList
 class ReloadStatus:
     ok: bool | None = None  # None: never reloaded
     at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """One deployment's view parts from the store, valid while `key` holds and until
+    `until` (when its oldest run in the window leaves the window)."""
+
+    key: tuple[object, ...]
+    until: float
+    parts: dict[str, Any]
+    view: DeploymentView
+
+
+class ViewCache:
+    """The previous snapshot's views: a deployment whose store state (its version), metadata,
+    lookback and sync status did not change keeps its view object, and the collector keeps
+    its rendered lines, so a quiet poll costs little per deployment."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, _Kept] = {}
+        self.built = 0  # views whose parts were read from the store again
 
 
 def build_snapshot(
@@ -28,33 +50,40 @@ def build_snapshot(
     bucket: TokenBucket,
     poll_interval: float,
     reload: ReloadStatus,
+    cache: ViewCache | None = None,
 ) -> Snapshot:
     """Call with tracker.lock held."""
     store = tracker.store
+    cache = cache or ViewCache()
+    kept: dict[str, _Kept] = {}
     views = []
     for dep_id in watch.watched():
         state = store.deployments.get(dep_id)
         sync = tracker.sync.get(dep_id, SyncStatus())
         info = watch.info(dep_id)
-        views.append(
-            DeploymentView(
+        lookback = watch.lookback(dep_id)
+        key = (state, state.version if state else -1, info, lookback, store.buckets)
+        old = cache._kept.get(dep_id)
+        if old is not None and old.key == key and now <= old.until:
+            parts, until = old.parts, old.until
+        else:
+            cache.built += 1
+            parts, until = _parts(store, dep_id, state, info, now, lookback)
+        sync_fields = (sync.ok, sync.at, sync.error)
+        if old is not None and old.parts is parts and _sync_of(old.view) == sync_fields:
+            view = old.view
+        else:
+            view = DeploymentView(
                 id=dep_id,
                 info=info,
-                recent=store.recent(dep_id, now, watch.lookback(dep_id)),
-                totals=dict(state.totals) if state else {},
-                durations={k: frozen(h) for k, h in state.durations.items()} if state else {},
-                errors=dict(state.errors) if state else {},
-                last_success=state.last_success if state else None,
-                last_finished_status=state.last_finished[2]
-                if state and state.last_finished
-                else None,
-                oldest_in_flight=store.oldest_in_flight(dep_id),
                 sync_ok=sync.ok,
                 last_sync=sync.at,
                 last_error=sync.error,
-                **_view_extras(state, store.expected(dep_id, info)),
+                **parts,
             )
-        )
+        kept[dep_id] = _Kept(key, until, parts, view)
+        views.append(view)
+    cache._kept = kept
     counters = metrics.copy()
     return Snapshot(
         taken_at=now,
@@ -83,6 +112,33 @@ def build_snapshot(
         reload_at=reload.at,
         metrics=watch.config.metrics,
     )
+
+
+def _sync_of(view: DeploymentView) -> tuple[bool, float | None, str | None]:
+    return (view.sync_ok, view.last_sync, view.last_error)
+
+
+def _parts(
+    store: RunStore,
+    dep_id: str,
+    state: DeploymentState | None,
+    info: Deployment | None,
+    now: float,
+    lookback: float,
+) -> tuple[dict[str, Any], float]:
+    """A view's fields read from the store, and until when they hold (see _Kept)."""
+    recent, until = store.recent_until(dep_id, now, lookback)
+    parts = {
+        "recent": recent,
+        "totals": dict(state.totals) if state else {},
+        "durations": {k: frozen(h) for k, h in state.durations.items()} if state else {},
+        "errors": dict(state.errors) if state else {},
+        "last_success": state.last_success if state else None,
+        "last_finished_status": state.last_finished[2] if state and state.last_finished else None,
+        "oldest_in_flight": store.oldest_in_flight(dep_id),
+        **_view_extras(state, store.expected(dep_id, info)),
+    }
+    return parts, until
 
 
 def _view_extras(st: DeploymentState | None, expected: float | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .models import (
     IN_FLIGHT,
@@ -114,6 +114,14 @@ class DeploymentState:
     tokens: dict[str, int] = field(default_factory=dict)  # by kind, of resolved runs
     credits: float | None = None  # None until a resolved run's session gave credits
     list_cost_usd: float | None = None
+    # Bumped whenever anything above changes (not the floor alone): the snapshot builder
+    # keeps a deployment's view, and the collector its rendered lines, while it stays put.
+    version: int = 0
+    # At most the oldest accounted run's creation time, so expire() scans the runs only
+    # when one may have fallen below the floor, not at every apply (O(runs) per cycle).
+    low: float = float("-inf")
+    # plan()'s answer as of `version`: rebuilt only for deployments that changed.
+    plan_cache: tuple[int, SyncPlan] | None = None
 
     def watermark(self) -> float | None:
         """Creation time of the newest tracked run."""
@@ -170,6 +178,15 @@ class RunStore:
         state = self.deployments.get(deployment_id)
         if state is None:
             return SyncPlan(True, frozenset(), frozenset(), now - lookback, None, False)
+        cached = state.plan_cache
+        if cached is not None and cached[0] == state.version:
+            plan = cached[1]
+            return plan if plan.floor == state.floor else replace(plan, floor=state.floor)
+        plan = self._plan(state)
+        state.plan_cache = (state.version, plan)
+        return plan
+
+    def _plan(self, state: DeploymentState) -> SyncPlan:
         # A run awaiting its session has an immutable record: nothing to re-read by id.
         in_flight = [r for r in state.in_flight() if r not in state.sessions]
         oldest = min((state.runs[r].created_at for r in in_flight), default=None)
@@ -207,6 +224,7 @@ class RunStore:
         max_retries is the deployment's: a failed run with attempt <= it will be retried.
         Runs are folded in creation order, so the failure streak follows the feed.
         """
+        before = self.changes
         state = self.deployments.get(deployment_id)
         if state is None:
             state = self.deployments[deployment_id] = DeploymentState(floor=now - lookback)
@@ -240,6 +258,7 @@ class RunStore:
                         counted += 1
                     _fold_streak(state, run, max_retries)
                     state.runs[run.id] = Tracked(run.created_at, run.status, True)
+                    state.low = min(state.low, run.created_at)
                     updated += 1
                 # else: below the floor, so already counted and evicted, or history.
             elif not tracked.accounted and tracked.status != run.status:
@@ -248,6 +267,7 @@ class RunStore:
                 if run.terminal:
                     tracked.accounted = True
                     state.sessions.pop(run.id, None)
+                    state.low = min(state.low, tracked.created_at)
                     self._count(state, run, max_retries)
                     _fold_streak(state, run, max_retries)
                     counted += 1
@@ -261,6 +281,8 @@ class RunStore:
                 gone += 1
         self.changes += new_in_flight + updated + gone
         self.expire(deployment_id, now, lookback)
+        if self.changes != before:
+            state.version += 1
         return ApplyResult(counted, new_in_flight, gone)
 
     def resolve(
@@ -283,6 +305,7 @@ class RunStore:
             return False
         tracked = state.runs.get(run_id)
         self.changes += 1
+        state.version += 1  # cached views and plans of this deployment are stale now
         if tracked is None or tracked.accounted:
             return False
         run = Run(
@@ -296,6 +319,7 @@ class RunStore:
         )
         self._note_outcome(state, run)
         tracked.status, tracked.accounted = run.status, True
+        state.low = min(state.low, tracked.created_at)  # so expire() sees it to evict
         if not pending.history or _finished_since(run, counted_since):
             self._count(state, run, max_retries, res.reason)
             for kind, n in res.tokens:
@@ -321,16 +345,24 @@ class RunStore:
         """Drop accounted runs older than the window; the floor never moves back."""
         state = self.deployments[deployment_id]
         state.floor = max(state.floor, now - lookback)
+        if state.low >= state.floor:
+            return  # no accounted run is below the floor
         old = [rid for rid, t in state.runs.items() if t.accounted and t.created_at < state.floor]
         for rid in old:
             del state.runs[rid]
-        self.changes += len(old)
+        state.low = min(
+            (t.created_at for t in state.runs.values() if t.accounted), default=float("inf")
+        )
+        if old:
+            self.changes += len(old)
+            state.version += 1
 
     def rebucket(self, buckets: tuple[float, ...]) -> None:
         """New histogram bounds: old counts cannot be re-binned, so histograms restart."""
         self.buckets = tuple(sorted(buckets))
         for st in self.deployments.values():
             st.durations.clear()
+            st.version += 1
         self.changes += 1
 
     def drop(self, deployment_id: str) -> None:
@@ -339,14 +371,23 @@ class RunStore:
 
     def recent(self, deployment_id: str, now: float, lookback: float) -> dict[str, int]:
         """Tracked runs created within the lookback window, by current status."""
+        return self.recent_until(deployment_id, now, lookback)[0]
+
+    def recent_until(
+        self, deployment_id: str, now: float, lookback: float
+    ) -> tuple[dict[str, int], float]:
+        """recent(), and until when it holds while the deployment's state stays put: the
+        time its oldest run in the window leaves it (inf: never)."""
         counts = dict.fromkeys(STATUSES, 0)
+        oldest = float("inf")
         state = self.deployments.get(deployment_id)
         if state is not None:
             cutoff = now - lookback
             for t in state.runs.values():
                 if t.created_at >= cutoff:
                     counts[t.status] += 1
-        return counts
+                    oldest = min(oldest, t.created_at)
+        return counts, oldest + lookback
 
     def oldest_in_flight(self, deployment_id: str) -> dict[str, float]:
         """Creation time of the oldest pending and running run."""
@@ -379,6 +420,7 @@ class RunStore:
             kept = remember_announced(state.announced, fresh, state.last_run)
         if kept != state.announced:
             state.announced = kept
+            state.version += 1
             self.changes += 1
 
     def expected(self, deployment_id: str, info: Deployment | None) -> float | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as suite
-from bench import api_cost, memory, poll, scrape
+from bench import api_cost, memory, poll, render, scale, scrape
 from bench.common import machine, percentile, process_cpu_seconds, status_kib, table
 from bench.naive import NaivePoller
 from qoder_exporter.models import STATUSES
@@ -167,3 +167,19 @@ def test_discover_diagnosis_names_the_costs() -> None:
     text = suite.discover_diagnosis(r, [r, big])
     for part in ("1,000 deployments", "4 status-filtered", "2 get_run_global", "needs 12 pages"):
         assert part in text
+
+
+def test_scale_bench_is_well_formed() -> None:
+    (result,) = scale.run([6], cycles=1, settle=1)
+    (cycle,) = result.cycles
+    assert cycle["series"] > 6 and 0 < cycle["gzip_bytes"] < cycle["body_bytes"]
+    assert 0 <= cycle["deployments_rendered"] <= 6  # never more than the deployments
+    assert "| 6 " in scale.report([result])
+
+
+def test_render_bench_quiet_poll_renders_nothing_again() -> None:
+    row = render.measure(40, 0.5)
+    assert row["quiet_rendered"] == 0  # same values, new view objects: nothing re-rendered
+    assert 0 < row["busy_rendered"] < 40
+    assert row["series"] > 40 and 0 < row["gz"] < row["body"]
+    assert "| 40 " in render.report([row], 0.5)

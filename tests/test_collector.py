@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import os
 import platform
+import re
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
@@ -13,8 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from qoder_exporter import __version__
 from qoder_exporter.client import ERROR_KINDS
 from qoder_exporter.collector import API_ENDPOINTS, Exposition
+from qoder_exporter.filters import DEFAULT_METRICS, MetricFilter, MetricsConfig, join_patterns
 from qoder_exporter.models import RUN_ERROR_TYPES, Deployment
+from qoder_exporter.simulator import Simulator
 from qoder_exporter.snapshot import DeploymentView, HistogramData, Snapshot
+from qoder_exporter.snapshot_builder import build_snapshot
 
 GOLDEN = Path(__file__).parent / "testdata" / "golden.prom"
 NOW = 1_781_400_000.0
@@ -250,3 +255,196 @@ def test_archived_deployment_reads_archived_and_has_no_expected_run() -> None:
 def test_next_trigger_prefers_upcoming_runs_at() -> None:
     values = [v for _, v in _samples("qoder_deployment_next_trigger_timestamp_seconds")]
     assert values == [NOW + 300]  # not stats.next_trigger_at (NOW + 600)
+
+
+def _reference(snap: Snapshot, *, openmetrics: bool) -> bytes:
+    """What prometheus_client writes for collector.families(): the fragments must match it."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import exposition as text_format
+    from prometheus_client.openmetrics import exposition as om_format
+
+    from qoder_exporter.collector import SnapshotCollector, _RenderFailuresCollector
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(SnapshotCollector(snap))
+    registry.register(_RenderFailuresCollector(Exposition(Snapshot(0.0, ()), lambda: 0.0)))
+    if openmetrics:
+        body: bytes = om_format.generate_latest(registry)
+        return body.removesuffix(b"# EOF\n")
+    return text_format.generate_latest(registry)
+
+
+def _static(body: bytes) -> bytes:
+    """The body before the scrape-time ages."""
+    return body[: body.index(b"# HELP qoder_deployment_last_success_age_seconds")]
+
+
+def _varied_snapshot() -> Snapshot:
+    """The fixed snapshot's deployments plus odd ones: escapes, exponents, no metadata."""
+    snap = fixed_snapshot()
+    odd = DeploymentView(
+        id='dep_"odd"\\\n',
+        info=Deployment(
+            id="x",
+            name="a\\b\nc",
+            status="paused",
+            agent_id="agent_é",
+            schedule="",
+            consecutive_failures=1234567,
+            next_trigger_at=0.5,
+        ),
+        recent={"running": 10**7},
+        totals={"failed": 1},
+        durations={"skipped": HistogramData((0, 0, 1), 1e-9)},
+        errors={"weird": 3},
+        last_success=1e21,
+        last_finished_status="skipped",
+        oldest_in_flight={},
+        sync_ok=False,
+        last_sync=None,
+        last_error=None,
+        retried_failures=10**9,
+        consecutive_failures=7,
+        last_run=123456.5,
+        last_failure=1234567.0,
+        reasons={"blocked": 2, "unknown": 0, 'we"ird': 1},
+        tokens={"output": 5, "input": 10**7},
+        credits=1.5e-7,
+        list_cost_usd=12.25,
+    )
+    bare = DeploymentView("dep_bare", None, {}, {}, {}, {}, None, None, {}, True, None, None)
+    return Snapshot(
+        taken_at=NOW,
+        buckets=snap.buckets,
+        deployments=(*snap.deployments[:1], odd, bare, *snap.deployments[1:]),
+        missing=("dep_gone", 'dep_"gone2"'),
+        up=True,
+    )
+
+
+def _accounts_snapshot() -> Snapshot:
+    """Two accounts, one with a name to escape, watching one same deployment id."""
+    varied = _varied_snapshot()
+    intl = replace(varied, account="intl")
+    china = replace(
+        varied,
+        account='cn"\\',
+        deployments=varied.deployments[:2],
+        missing=("dep_cn_gone",),
+        up=False,
+    )
+    return replace(
+        varied,
+        deployments=(*intl.deployments, *china.deployments),
+        missing=(*intl.missing, *china.missing),
+        accounts=(intl, china),
+    )
+
+
+def test_fragments_match_prometheus_client_for_both_formats() -> None:
+    varied = _varied_snapshot()
+    odd_bounds = replace(varied, deployments=varied.deployments[2:3], buckets=(0.001, 2.5, 1e7))
+    many = _accounts_snapshot()
+    for snap in (fixed_snapshot(), varied, odd_bounds, Snapshot(taken_at=NOW, buckets=()), many):
+        expo = Exposition(snap, lambda: NOW)
+        for om in (False, True):
+            body = expo.body(openmetrics=om, compress=False)
+            assert _static(body) == _reference(snap, openmetrics=om)
+
+
+def _without_ages(body: bytes) -> bytes:
+    """The body before the scrape-time ages, whichever of them the filter kept."""
+    for name in (b"last_success_age_seconds", b"oldest_in_flight_run_age_seconds"):
+        at = body.find(b"# HELP qoder_deployment_" + name)
+        if at >= 0:
+            return body[:at]
+    return body.removesuffix(b"# EOF\n")
+
+
+METRICS_CONFIGS = (
+    MetricsConfig(failed_duration_histogram=False),
+    MetricsConfig(MetricFilter(deny=join_patterns(["qoder_deployment_run_.*", "qoder_up"]))),
+    MetricsConfig(MetricFilter(deny=re.compile("qoder_deployment_watched_missing"))),
+    MetricsConfig(
+        MetricFilter(allow=join_patterns(["qoder_deployment_(info|runs|run_credits)", "x"])),
+        failed_duration_histogram=False,
+    ),
+)
+
+
+def test_fragments_follow_the_metrics_config_and_its_reload() -> None:
+    """The filter and the failed-histogram switch drop the same lines from /metrics as from
+    collector.families(), also when a reload brings another metrics: section."""
+    varied = _varied_snapshot()
+    expo = Exposition(varied, lambda: NOW)
+    for metrics in (*METRICS_CONFIGS, DEFAULT_METRICS):
+        snap = replace(varied, metrics=metrics)
+        for fresh in (Exposition(snap, lambda: NOW), expo):
+            fresh.update(snap)
+            for om in (False, True):
+                body = fresh.body(openmetrics=om, compress=False)
+                assert _without_ages(body) == _reference(snap, openmetrics=om)
+                assert gzip.decompress(fresh.body(openmetrics=om, compress=True)) == body
+    body = expo.body(openmetrics=False, compress=False)
+    assert b"qoder_deployment_run_credits_total" in body  # back to the defaults
+    assert b'qoder_deployment_watched_missing{deployment_id="dep_gone"} 1.0' in body
+
+
+def test_second_render_re_renders_only_the_changed_deployment() -> None:
+    snap = _varied_snapshot()
+    expo = Exposition(snap, lambda: NOW)
+    assert expo.fragments.rendered == len(snap.deployments)
+    # A new poll: fresh view objects (and a new sync time, which /metrics does not show)
+    # for every deployment, new values for one only.
+    changed = tuple(replace(d, last_sync=NOW + 60, recent=dict(d.recent)) for d in snap.deployments)
+    changed = (
+        changed[0],
+        replace(changed[1], totals={"failed": 2}, by_trigger={("failed", "retry"): 2}),
+        *changed[2:],
+    )
+    second = replace(snap, taken_at=NOW + 60, deployments=changed)
+    expo.update(second)
+    assert expo.fragments.rendered == len(snap.deployments) + 1
+    for om in (False, True):
+        body = expo.body(openmetrics=om, compress=False)
+        assert _static(body) == _reference(second, openmetrics=om)
+        gz = expo.body(openmetrics=om, compress=True)
+        assert gzip.decompress(gz) == body
+    expo.update(second)
+    assert expo.fragments.rendered == len(snap.deployments) + 1
+
+
+def test_kept_views_and_plans_equal_fresh_ones_across_polls(sim: Simulator, poller_for) -> None:  # type: ignore[no-untyped-def]
+    """The snapshot builder's kept views and the store's kept plans are what building them
+    afresh gives, poll after poll; quiet deployments are not read from the store again."""
+    poller = poller_for(discover=True)
+    expo = Exposition(poller.snapshot, sim.clock.now)
+    for _ in range(6):
+        poller.poll_once()
+        expo.update(poller.snapshot)
+        with poller.tracker.lock:
+            fresh = build_snapshot(
+                sim.clock.now(),
+                poller.tracker,
+                poller.watch,
+                poller.stats,
+                poller.metrics,
+                poller.client.bucket,
+                poller.config.poll_interval,
+                poller.reload,
+            )
+            store = poller.store
+            for dep_id, state in store.deployments.items():
+                plan = store.plan(dep_id, sim.clock.now(), 86400.0)
+                state.plan_cache = None
+                assert plan == store.plan(dep_id, sim.clock.now(), 86400.0)
+        assert [replace(d, last_sync=None) for d in fresh.deployments] == [
+            replace(d, last_sync=None) for d in poller.snapshot.deployments
+        ]
+        sim.advance(60.0)
+    assert poller.views.built < 6 * len(poller.snapshot.deployments)
+    for om in (False, True):
+        fresh_expo = Exposition(poller.snapshot, sim.clock.now)
+        assert expo.body(openmetrics=om, compress=False) == fresh_expo.body(
+            openmetrics=om, compress=False
+        )
