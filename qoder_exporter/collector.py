@@ -40,6 +40,7 @@ OPENMETRICS_CONTENT_TYPE = om_format.CONTENT_TYPE_LATEST
 _TERMINAL = tuple(s for s in STATUSES if s in TERMINAL)
 _OBSERVED = ("completed", "failed")  # statuses whose runs carry a duration
 _OM_EOF = b"# EOF\n"
+_OM_EOF_GZ = gzip.compress(_OM_EOF)
 # The client's endpoints and every error kind client.error_kind returns, all present at 0;
 # any other kind is counted as "other".
 API_ENDPOINTS = (
@@ -505,24 +506,30 @@ class _AgeSeries:
     since: float | None  # the value is now - since (0 when None)
 
 
-@dataclass(frozen=True, slots=True)
 class _AgeFamily:
-    header: str  # HELP and TYPE lines
-    # A str is lines that do not change with the time (0 when nothing is in flight),
-    # consecutive ones joined: most of them at scale.
-    series: tuple[_AgeSeries | str, ...]
+    """A gauge whose values move with the clock. At render time: its HELP and TYPE lines
+    and the lines that do not move (nothing in flight: 0), encoded and gzipped once; the
+    moving lines as one str.format template, filled at each scrape (a tenth of the cost of
+    writing each line). Prometheus does not mind the order of a family's series."""
 
+    def __init__(self, header: str, series: Iterable[_AgeSeries]) -> None:
+        fixed, moving = [header], []
+        since: list[float] = []
+        for s in series:
+            if s.since is None:
+                fixed.append(f"{s.prefix}0.000\n")
+            else:
+                prefix = s.prefix.replace("{", "{{").replace("}", "}}")
+                moving.append(f"{prefix}{{{len(since)}:.3f}}\n")
+                since.append(s.since)
+        self.fixed = "".join(fixed).encode()
+        self.fixed_gz = gzip.compress(self.fixed, _FAMILY_GZIP_LEVEL)
+        self._fill = "".join(moving).format
+        self._since = since
 
-def _constant_runs(series: Iterable[_AgeSeries]) -> tuple[_AgeSeries | str, ...]:
-    out: list[_AgeSeries | str] = []
-    for s in series:
-        if s.since is not None:
-            out.append(s)
-        elif out and isinstance(out[-1], str):
-            out[-1] += f"{s.prefix}0.000\n"
-        else:
-            out.append(f"{s.prefix}0.000\n")
-    return tuple(out)
+    def moving(self, now: float) -> bytes:
+        """The moving lines at `now` (a start in the future reads 0)."""
+        return self._fill(*[now - t if t < now else 0.0 for t in self._since]).encode()
 
 
 def _account_label(account: str | None) -> str:
@@ -532,16 +539,21 @@ def _account_label(account: str | None) -> str:
 
 def _age_templates(snap: Snapshot) -> tuple[_AgeFamily, ...]:
     if not snap.accounts:
-        return _ages(snap, "")
+        return _age_templates_single(snap)
     parts = [_ages(a, _account_label(a.account or "")) for a in snap.accounts]
     return tuple(
-        _AgeFamily(family.header, tuple(s for part in parts for s in part[i].series))
-        for i, family in enumerate(parts[0])
+        _AgeFamily(header, (s for part in parts for s in part[i][1]))
+        for i, (header, _) in enumerate(parts[0])
     )
 
 
-def _ages(snap: Snapshot, label: str) -> tuple[_AgeFamily, ...]:
-    """label: a constant label pair (and comma) put before deployment_id, or ""."""
+def _age_templates_single(snap: Snapshot) -> tuple[_AgeFamily, ...]:
+    return tuple(_AgeFamily(header, series) for header, series in _ages(snap, ""))
+
+
+def _ages(snap: Snapshot, label: str) -> tuple[tuple[str, tuple[_AgeSeries, ...]], ...]:
+    """Each kept age family's header and series; label: a constant label pair (and comma)
+    put before deployment_id, or ""."""
     success = tuple(
         _AgeSeries(
             f'qoder_deployment_last_success_age_seconds{{{label}deployment_id="{_escape(d.id)}"}} ',
@@ -561,20 +573,20 @@ def _ages(snap: Snapshot, label: str) -> tuple[_AgeFamily, ...]:
     )
     keeps = snap.metrics.filter.keeps
     families = (
-        _AgeFamily(
+        (
             "# HELP qoder_deployment_last_success_age_seconds Seconds since the newest "
             "completed run finished, computed at scrape time.\n"
             "# TYPE qoder_deployment_last_success_age_seconds gauge\n",
             success,
         ),
-        _AgeFamily(
+        (
             "# HELP qoder_deployment_oldest_in_flight_run_age_seconds Age of the oldest run "
             "still pending or running (0 when none), computed at scrape time.\n"
             "# TYPE qoder_deployment_oldest_in_flight_run_age_seconds gauge\n",
             in_flight,
         ),
     )
-    return tuple(f for f in families if keeps(f.header.split(" ", 3)[2]))
+    return tuple(f for f in families if keeps(f[0].split(" ", 3)[2]))
 
 
 def _render_failures_family(count: int) -> CounterMetricFamily:
@@ -756,23 +768,17 @@ class Exposition:
         """The full exposition: cached static part plus the scrape-time ages."""
         rendered = self._rendered
         now = self.clock()
-        parts = []
-        for family in rendered.ages:
-            parts.append(family.header)
-            parts.extend(
-                s
-                if isinstance(s, str)
-                else f"{s.prefix}{max(now - s.since, 0.0) if s.since is not None else 0.0:.3f}\n"
-                for s in family.series
-            )
-        tail = "".join(parts).encode()
-        if openmetrics:
-            tail += _OM_EOF
+        eof = _OM_EOF if openmetrics else b""
         if compress:
             static = rendered.om_gz if openmetrics else rendered.text_gz
             # A gzip stream may hold several members; decoders (Go's, Python's) join them.
-            return static + gzip.compress(tail, _FAMILY_GZIP_LEVEL)
-        return (rendered.om if openmetrics else rendered.text).get() + tail
+            parts = [static]
+            for f in rendered.ages:
+                parts += (f.fixed_gz, gzip.compress(f.moving(now), _FAMILY_GZIP_LEVEL))
+            parts.append(_OM_EOF_GZ if openmetrics else b"")
+            return b"".join(parts)
+        ages = b"".join(p for f in rendered.ages for p in (f.fixed, f.moving(now)))
+        return (rendered.om if openmetrics else rendered.text).get() + ages + eof
 
 
 def _with_missing(

@@ -68,23 +68,82 @@ def _les(bounds: tuple[float, ...]) -> list[str]:
     return les
 
 
-def histogram(
-    name: str, labels: Labels, bounds: tuple[float, ...], data: HistogramData | None
+@dataclass(frozen=True, slots=True)
+class Dep:
+    """A deployment's own labels: as pairs, and joined as they begin every sample's labels.
+
+    Every per-deployment family's other labels sort after deployment_id (and account before
+    it), except qoder_deployment_info's agent_*: so most lines are `name{<text>,rest} value`
+    and a family's lines can be written from one template (see _Template).
+    """
+
+    labels: Labels
+    text: str
+
+    @classmethod
+    def of(cls, deployment_id: str, account: str | None = None) -> Dep:
+        labels: Labels = (("deployment_id", escape(deployment_id)),)
+        if account is not None:
+            labels = (("account", escape(account)), *labels)
+        return cls(labels, ",".join(f'{k}="{v}"' for k, v in labels))
+
+
+class _Template:
+    """Lines `name{<deployment's labels>,<rest>} <value>` written by one str.format call,
+    a tenth of the cost of writing each line: the render after a busy poll at 10,000
+    deployments is mostly this (bench/RESULTS.md, Scale). `rest` comes sorted."""
+
+    def __init__(self, lines: Sequence[tuple[str, Labels]]) -> None:
+        parts = []
+        for i, (name, rest) in enumerate(lines, 1):
+            tail = _brace("".join(f',{k}="{v}"' for k, v in rest))
+            parts.append(f"{name}{{{{{{0}}{tail}}}}} {{{i}}}\n")
+        self._format = "".join(parts).format
+
+    def __call__(self, dep: Dep, values: Iterable[float]) -> str:
+        return self._format(dep.text, *map(fmt, values))
+
+
+def _brace(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+_HISTOGRAMS: dict[tuple[str, tuple[float, ...], Labels], _Template] = {}
+
+
+def _histogram_template(name: str, bounds: tuple[float, ...], rest: Labels) -> _Template:
+    """_bucket lines, then _count and _sum, as HistogramMetricFamily.add_metric adds them
+    (le sorts between deployment_id and status, the only other label of these histograms)."""
+    key = (name, bounds, rest)
+    template = _HISTOGRAMS.get(key)
+    if template is None:
+        if len(_HISTOGRAMS) > 64:
+            _HISTOGRAMS.clear()
+        les = _les(bounds)
+        lines = [(f"{name}_bucket", (("le", le), *rest)) for le in les]
+        if float(les[0]) >= 0:
+            lines += [(f"{name}_count", rest), (f"{name}_sum", rest)]
+        template = _HISTOGRAMS[key] = _Template(lines)
+    return template
+
+
+def _histogram(
+    name: str, dep: Dep, rest: Labels, bounds: tuple[float, ...], data: HistogramData | None
 ) -> str:
-    """_bucket lines, then _count and _sum, as HistogramMetricFamily.add_metric adds them."""
     cumulative = data.cumulative if data else (0,) * (len(bounds) + 1)
-    les = _les(bounds)
-    # The labels with le among them, sorted as prometheus_client sorts them: split around le.
-    ordered = sorted((*labels, ("le", "\0")))
-    at = ordered.index(("le", "\0"))
-    head = "".join(f'{k}="{v}",' for k, v in ordered[:at])
-    tail = "".join(f',{k}="{v}"' for k, v in ordered[at + 1 :])
-    bucket = f"{name}_bucket{{{head}le="
-    out = [f'{bucket}"{le}"{tail}}} {fmt(c)}\n' for le, c in zip(les, cumulative, strict=True)]
-    if float(les[0]) >= 0:
-        out.append(line(f"{name}_count", labels, cumulative[-1]))
-        out.append(line(f"{name}_sum", labels, data.total if data else 0.0))
-    return "".join(out)
+    values: list[float] = list(cumulative)
+    if float(_les(bounds)[0]) >= 0:
+        values += [cumulative[-1], data.total if data else 0.0]
+    return _histogram_template(name, bounds, rest)(dep, values)
+
+
+def _simple(name: str, dep: Dep, value: float) -> str:
+    return f"{name}{{{dep.text}}} {fmt(value)}\n"
+
+
+def _labelled(name: str, dep: Dep, label: str, value: str, n: float) -> str:
+    """One line with one label after the deployment's; `value` comes escaped."""
+    return f'{name}{{{dep.text},{label}="{value}"}} {fmt(n)}\n'
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +153,10 @@ class Family:
     name: str
     kind: str  # gauge, counter or histogram (prometheus_client's type names)
     doc: str
-    render: Callable[[DeploymentView, Labels, tuple[float, ...]], str]
+    render: Callable[[DeploymentView, Dep, tuple[float, ...]], str]
 
 
-def _info(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
+def _info(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
     meta = d.info
     status = "unknown"
     if meta is not None:
@@ -110,110 +169,116 @@ def _info(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
         ("schedule", escape(meta.schedule if meta else "")),
         ("agent_version", escape(meta.agent_version if meta else "")),
     )
-    return line("qoder_deployment_info", (*dep, *labels), 1.0)
+    return line("qoder_deployment_info", (*dep.labels, *labels), 1.0)
 
 
-def _recent(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
-    return "".join(
-        line("qoder_deployment_recent_runs", (*dep, ("status", s)), d.recent.get(s, 0))
-        for s in STATUSES
-    )
+_RECENT = _Template([("qoder_deployment_recent_runs", (("status", s),)) for s in STATUSES])
 
 
-def _runs(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
+def _recent(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
+    recent = d.recent
+    return _RECENT(dep, [recent.get(s, 0) for s in STATUSES])
+
+
+_RUNS_KEYS = tuple((s, t) for s in _TERMINAL for t in TRIGGERS)
+_RUNS = _Template(
+    [("qoder_deployment_runs_total", (("status", s), ("trigger", t))) for s, t in _RUNS_KEYS]
+)
+
+
+def _runs(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
     by_trigger = d.by_trigger or {(s, "other"): n for s, n in d.totals.items()}
-    return "".join(
-        line(
-            "qoder_deployment_runs_total",
-            (*dep, ("status", s), ("trigger", t)),
-            by_trigger.get((s, t), 0),
-        )
-        for s in _TERMINAL
-        for t in TRIGGERS
-    )
+    return _RUNS(dep, [by_trigger.get(k, 0) for k in _RUNS_KEYS])
 
 
-def _durations(d: DeploymentView, dep: Labels, bounds: tuple[float, ...]) -> str:
+def _duration_statuses(d: DeploymentView) -> list[str]:
+    if d.durations.keys() <= set(_OBSERVED):
+        return list(_OBSERVED)  # the usual case, already sorted
+    return sorted(set(_OBSERVED) | set(d.durations))
+
+
+def _durations(d: DeploymentView, dep: Dep, bounds: tuple[float, ...]) -> str:
     return "".join(
-        histogram(
+        _histogram(
             "qoder_deployment_run_duration_seconds",
-            (*dep, ("status", s)),
+            dep,
+            (("status", escape(s)),),
             bounds,
             d.durations.get(s),
         )
-        for s in sorted(set(_OBSERVED) | set(d.durations))
+        for s in _duration_statuses(d)
     )
 
 
 def _optional(name: str, value: Callable[[DeploymentView], float | None]) -> Callable[..., str]:
-    def render(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
+    def render(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
         v = value(d)
-        return "" if v is None else line(name, dep, v)
+        return "" if v is None else _simple(name, dep, v)
 
     return render
 
 
-def _last_status(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
-    if d.last_finished_status is None:
+_LAST_STATUS = _Template(
+    [("qoder_deployment_last_run_status", (("status", s),)) for s in _TERMINAL]
+)
+
+
+def _last_status(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
+    last = d.last_finished_status
+    if last is None:
         return ""
-    return "".join(
-        line(
-            "qoder_deployment_last_run_status",
-            (*dep, ("status", s)),
-            int(s == d.last_finished_status),
-        )
-        for s in _TERMINAL
-    )
+    return _LAST_STATUS(dep, [int(s == last) for s in _TERMINAL])
 
 
-def _errors(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
+_ERRORS = _Template(
+    [("qoder_deployment_run_errors_total", (("error_type", t),)) for t in RUN_ERROR_TYPES]
+)
+
+
+def _errors(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
     by_type = dict.fromkeys(RUN_ERROR_TYPES, 0)
     for error_type, count in d.errors.items():
         by_type[error_type if error_type in by_type else "other"] += count
-    return "".join(
-        line("qoder_deployment_run_errors_total", (*dep, ("error_type", t)), n)
-        for t, n in by_type.items()
-    )
+    return _ERRORS(dep, by_type.values())
 
 
-def _paused(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
+def _paused(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
     if d.info is None:
         return ""
     reason = d.info.paused_reason or ("manual" if d.info.status == "paused" else "none")
     value = 1.0 if d.info.status == "paused" else 0.0
-    return line("qoder_deployment_paused", (*dep, ("reason", escape(reason))), value)
+    return _labelled("qoder_deployment_paused", dep, "reason", escape(reason), value)
 
 
-def _failed_dropped(d: DeploymentView, dep: Labels, bounds: tuple[float, ...]) -> str:
+def _failed_dropped(d: DeploymentView, dep: Dep, bounds: tuple[float, ...]) -> str:
     # metrics.failed_duration_histogram: false: the completed (and any other) series only.
     return "".join(
-        histogram(
+        _histogram(
             "qoder_deployment_run_duration_seconds",
-            (*dep, ("status", s)),
+            dep,
+            (("status", escape(s)),),
             bounds,
             d.durations.get(s),
         )
-        for s in sorted(set(_OBSERVED) | set(d.durations))
+        for s in _duration_statuses(d)
         if s != "failed"
     )
 
 
-def _reasons(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
+def _reasons(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
+    name = "qoder_deployment_run_failure_reasons_total"
     return "".join(
-        line("qoder_deployment_run_failure_reasons_total", (*dep, ("reason", escape(r))), n)
-        for r, n in sorted(d.reasons.items())
+        _labelled(name, dep, "reason", escape(r), n) for r, n in sorted(d.reasons.items())
     )
 
 
-def _tokens(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
-    return "".join(
-        line("qoder_deployment_run_tokens_total", (*dep, ("kind", escape(k))), n)
-        for k, n in sorted(d.tokens.items())
-    )
+def _tokens(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
+    name = "qoder_deployment_run_tokens_total"
+    return "".join(_labelled(name, dep, "kind", escape(k), n) for k, n in sorted(d.tokens.items()))
 
 
-def _queue(d: DeploymentView, dep: Labels, _: tuple[float, ...]) -> str:
-    return histogram("qoder_deployment_run_queue_seconds", dep, QUEUE_BUCKETS, d.queue)
+def _queue(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
+    return _histogram("qoder_deployment_run_queue_seconds", dep, (), QUEUE_BUCKETS, d.queue)
 
 
 def _info_value(name: str, value: Callable[[DeploymentView], float | None]) -> Callable[..., str]:
@@ -498,7 +563,5 @@ class FragmentCache:
         self, account: str | None, view: DeploymentView, bounds: tuple[float, ...]
     ) -> tuple[str, ...]:
         self.rendered += 1
-        dep: Labels = (("deployment_id", escape(view.id)),)
-        if account is not None:
-            dep = (("account", escape(account)), *dep)
+        dep = Dep.of(view.id, account)
         return tuple(f.render(view, dep, bounds) for f in self.families)
