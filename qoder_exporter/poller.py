@@ -9,19 +9,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from . import state
 from .backoff import Backoff, Paused
 from .client import AuthenticationError, QoderClient, QoderError
 from .config import Config
-from .cycle import Cycle, CycleFailed
-from .feed import FeedLimit, FeedReader
+from .cycle import CycleFailed
 from .models import Deployment
-from .reader import DeploymentReader
+from .parts import build_parts, new_client, new_executor, refresh_limit, replace_client
 from .selfmetrics import PollStats, SelfMetrics
-from .sessions import SessionFollower
 from .sharding import NO_SHARD, Shard
 from .snapshot import Snapshot
 from .snapshot_builder import ReloadStatus, ViewCache, build_snapshot
@@ -29,9 +26,8 @@ from .statewriter import StateWriter
 from .sync import RunStore
 from .tokenfile import TokenFile
 from .tracker import Tracker
-from .watchlist import WatchList
 
-__all__ = ["Poller"]
+__all__ = ["Poller", "refresh_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +54,14 @@ class Poller:
         self.metrics = SelfMetrics()
         self.stats = PollStats()
         self.reload = ReloadStatus()
-        self.client = client or _new_client(config)
+        self.client = client or new_client(config)
         self.client.observer = self.metrics.observe_request
         self.client.on_error = self.metrics.count_error
         self.backoff = Backoff(clock, self.metrics.count_rate_limited)
         self.tracker = Tracker(config.duration_buckets, clock())
         self._writer = StateWriter()
         self._token = TokenFile(config.api.token_file)
-        self._executor = _new_executor(config)
+        self._executor = new_executor(config)
         self._pending: Config | None = None
         self._wake = threading.Event()
         self._early_at: float | None = None  # when a reload last cut a wait short
@@ -83,34 +79,18 @@ class Poller:
         self.snapshot = self._build_snapshot()
 
     def _build_parts(self, config: Config, known: dict[str, Deployment]) -> None:
-        """The parts built from the config (and the client and tracker): new on each reload."""
-        count = self.metrics.count_invalid
-        self.limit = FeedLimit.for_config(config)
-        self.watch = WatchList(
-            config, self.client, self.limit, count, self._drop, known, self.shard
+        parts = build_parts(
+            config,
+            client=self.client,
+            backoff=self.backoff,
+            tracker=self.tracker,
+            executor=self._executor,
+            metrics=self.metrics,
+            shard=self.shard,
+            known=known,
+            on_forget=self._drop,
         )
-        self.feed = FeedReader(self.client, self.backoff, self.limit, count)
-        self.reader = DeploymentReader(
-            self.client, self.backoff, config.page_size, count, config.sessions
-        )
-        self.tracker.sessions_mode = config.sessions
-        follower = SessionFollower(
-            self.client, self.backoff, self.tracker, config.sessions_timeout, self._max_retries
-        )
-        self.feed.owns = self.shard.owns
-        self.cycle = Cycle(
-            config.discover,
-            self.client,
-            self.backoff,
-            self.tracker,
-            self.watch,
-            self.reader,
-            self.feed,
-            self._executor,
-            refresh_limit(config),
-            self.metrics.count_deferred,
-            follower,
-        )
+        self.limit, self.watch, self.cycle = parts.limit, parts.watch, parts.cycle
 
     # --- public ------------------------------------------------------------------------
 
@@ -222,11 +202,7 @@ class Poller:
             return
         old = self.config
         if new.api != old.api:
-            client = _new_client(new)
-            client.observer, client.on_error = self.client.observer, self.client.on_error
-            client.sleep = self.client.sleep
-            self.client.session.close()
-            self.client = client
+            self.client = replace_client(new, self.client)
             self._token = TokenFile(new.api.token_file)
             self.backoff.clear()
         with self.tracker.lock:
@@ -241,16 +217,12 @@ class Poller:
                 self.store.rebucket(new.duration_buckets)
             if new.concurrency != old.concurrency:
                 self._executor.shutdown(wait=False)
-                self._executor = _new_executor(new)
+                self._executor = new_executor(new)
             self.config = new
             # Fresh parts; a new watch list refreshes names and deployments at once.
             self._build_parts(new, known)
             self._drop_unwatched()
         log.info("configuration applied")
-
-    def _max_retries(self, deployment_id: str) -> int | None:
-        info = self.watch.info(deployment_id)
-        return info.max_retries if info is not None else None
 
     def _drop(self, deployment_id: str) -> None:
         self.tracker.drop(deployment_id)  # the tracker of the moment: reloads replace it
@@ -276,30 +248,3 @@ class Poller:
             snap = replace(snap, shard=self.shard if self.shard.sharded else None)
             snap = replace(snap, account=self.account)
         return snap
-
-
-def _new_client(config: Config) -> QoderClient:
-    client = QoderClient(
-        config.api.url,
-        config.api.token,
-        timeout=config.api.timeout,
-        max_retries=config.api.max_retries,
-        requests_per_second=config.api.requests_per_second,
-        deadline=config.api.deadline,
-        max_response_bytes=config.api.max_response_bytes,
-        max_pages=config.api.max_pages,
-        max_clock_skew=config.api.max_clock_skew,
-    )
-    if config.api.workspace_id:
-        client.session.headers["qoder-workspace-id"] = config.api.workspace_id
-    return client
-
-
-def refresh_limit(config: Config) -> int:
-    """In-flight runs fetched by id per cycle: half the requests the rate budget allows in a
-    poll interval (at least 100), so that the pages always have room."""
-    return max(100, int(config.api.requests_per_second * config.poll_interval / 2))
-
-
-def _new_executor(config: Config) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(config.concurrency, thread_name_prefix="qoder-poll")

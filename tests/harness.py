@@ -24,7 +24,9 @@ import pytest
 import requests
 import yaml
 
+from qoder_exporter.accounts import Accounts
 from qoder_exporter.collector import Exposition
+from qoder_exporter.config import Config, config_from_dict
 from qoder_exporter.poller import Poller
 from qoder_exporter.server import ExporterServer
 from qoder_exporter.simulator import DeploymentSpec, ManualClock, Simulator
@@ -93,6 +95,7 @@ class LiveExporter:
         seed: int = 7,
         step_s: float = 300.0,
         behind_s: float = 86400.0,
+        accounts: tuple[str, ...] = (),
     ) -> None:
         # Simulated time starts behind_s (a day) in the past so that stepping it never passes
         # the wall clock: ages computed at scrape time (wall clock) stay positive. A test that
@@ -106,10 +109,19 @@ class LiveExporter:
         )
         self.sim.serve("127.0.0.1", 0)
         self.step_s = step_s
-        self.poller = Poller(
-            make_config(self.sim, poll_interval="5s", lookback="6h"), clock=self.sim.clock.now
-        )
-        self.poller.client.sleep = lambda _s: None
+        # With accounts: every account watches the simulator's deployments with its token
+        # (the same token under several names), so each deployment is watched several times.
+        self.poller: Poller | Accounts
+        if accounts:
+            self.poller = Accounts(self._accounts_config(accounts), clock=self.sim.clock.now)
+            pollers = list(self.poller.pollers.values())
+        else:
+            self.poller = Poller(
+                make_config(self.sim, poll_interval="5s", lookback="6h"), clock=self.sim.clock.now
+            )
+            pollers = [self.poller]
+        for poller in pollers:
+            poller.client.sleep = lambda _s: None
         self.exposition = Exposition(self.poller.snapshot, time.time)
         self.poller.on_snapshot = self.exposition.update
         self.server = ExporterServer(self.exposition, ("127.0.0.1", 0), healthy=lambda: True)
@@ -119,6 +131,18 @@ class LiveExporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.step()
+
+    def _accounts_config(self, names: tuple[str, ...]) -> Config:
+        api = {"url": self.sim.base_url, "token": TOKEN, "requests_per_second": 1000}
+        doc: dict[str, Any] = {
+            "accounts": [
+                {"name": name, "api": api, "deployments": self.sim.deployment_ids()}
+                for name in names
+            ],
+            "poll_interval": "5s",
+            "lookback": "6h",
+        }
+        return config_from_dict(doc, env={})
 
     def step(self) -> None:
         with self._lock:
@@ -238,14 +262,16 @@ class Prometheus:
 
 @contextmanager
 def live_stack(
-    down_port: int | None = None, rule_files: list[Path] | None = None
+    down_port: int | None = None,
+    rule_files: list[Path] | None = None,
+    accounts: tuple[str, ...] = (),
 ) -> Iterator[tuple[LiveExporter, Prometheus]]:
     """A driven exporter and a Prometheus scraping it (job "qoder") with the bundled rules.
 
     With down_port, a second job "qoder-down" scrapes a port nobody listens on. rule_files
-    replaces the bundled rule files (fast_rule_files, say).
+    replaces the bundled rule files (fast_rule_files, say); accounts, see LiveExporter.
     """
-    exporter = LiveExporter()
+    exporter = LiveExporter(accounts=accounts)
     prom: Prometheus | None = None
     try:
         targets = {"qoder": [exporter.url.removeprefix("http://")]}

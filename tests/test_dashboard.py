@@ -629,6 +629,49 @@ def test_selecting_one_deployment_narrows_every_panel(
         assert names <= {chosen}, f"{title}/{ref} leaks {names - {chosen}}"
 
 
+ACCOUNTS = ("intl", "china")
+
+
+@pytest.fixture(scope="module")
+def two_accounts(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LiveExporter, Prometheus, float]]:
+    """Two accounts watching the same deployments (the same token under two names)."""
+    require_tool("prometheus")
+    rules = fast_rule_files(tmp_path_factory.mktemp("rules"))
+    with live_stack(rule_files=rules, accounts=ACCOUNTS) as (exporter, prom):
+        yield exporter, prom, time.monotonic() + DATA_TIMEOUT_S
+
+
+@pytest.mark.system
+def test_two_accounts_watching_one_deployment_keep_their_own_series(
+    two_accounts: tuple[LiveExporter, Prometheus, float],
+) -> None:
+    """Every query runs (a join on deployment_id alone would be many-to-many), and every
+    series that names a deployment names its account too: one row per account watching it."""
+    exporter, prom, deadline = two_accounts
+    ids = set(exporter.sim.deployment_ids())
+    watched = with_data(
+        prom,
+        substitute(next(e for t, _, e, _ in QUERIES if t == "Deployments watched")),
+        True,
+        deadline,
+    )
+    assert float(watched[0]["value"][1]) == len(ACCOUNTS) * len(ids)
+    for title, ref, expr, instant in QUERIES:
+        query = substitute(expr)
+        if (title, ref) in NO_DATA_ALLOWED or title.startswith("annotation"):
+            evaluate(prom, query, instant)  # still has to run
+            continue
+        result = with_data(prom, query, instant, deadline)
+        named = [s["metric"] for s in result if "deployment_id" in s["metric"]]
+        for labels in named:
+            assert labels.get("account") in ACCOUNTS, f"{title}/{ref} lost the account:\n{query}"
+        if (title, ref) == ("Deployment status", "A"):  # from the info metric: never in flux
+            rows = {(m["account"], m["deployment_id"]) for m in named}
+            assert rows == {(a, d) for a in ACCOUNTS for d in ids}, rows
+
+
 # ------------------------------------------------------------------ provisioning and compose
 
 

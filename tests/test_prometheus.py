@@ -39,7 +39,7 @@ def test_promtool_check_rules_reports_nothing() -> None:
     assert "WARNING" not in (result.stdout + result.stderr).upper()
 
 
-@pytest.mark.parametrize("name", ["alerts_test.yml"])
+@pytest.mark.parametrize("name", ["alerts_test.yml", "accounts_test.yml"])
 def test_promtool_rule_unit_tests_pass(name: str) -> None:
     result = promtool("test", "rules", str(PROM_DIR / "tests" / name))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -131,7 +131,7 @@ def test_no_rule_strips_target_labels() -> None:
     the left side keeps its labels) and the per-deployment threshold defaults.
     """
     allowed = {
-        "max by (job, deployment_id, name) (qoder_deployment_info)",
+        "max by (job, account, deployment_id, name) (qoder_deployment_info)",
         "group by (deployment_id) (qoder_deployment_info)",
     }
     for name, expr in _exprs():
