@@ -44,6 +44,7 @@ class DeploymentView:
     tokens: dict[str, int] = field(default_factory=dict)
     credits: float | None = None
     list_cost_usd: float | None = None
+    session_tokens: HistogramData | None = None  # sync.SESSION_TOKEN_BUCKETS, tokens per run
 
 
 @dataclass(frozen=True, slots=True)

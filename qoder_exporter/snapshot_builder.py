@@ -157,4 +157,5 @@ def _view_extras(st: DeploymentState | None, expected: float | None) -> dict[str
         "tokens": dict(st.tokens),
         "credits": st.credits,
         "list_cost_usd": st.list_cost_usd,
+        "session_tokens": frozen(st.session_tokens) if st.session_tokens else None,
     }

@@ -18,6 +18,7 @@ import pytest
 from qoder_exporter.models import run_error_type
 from qoder_exporter.poller import Poller
 from qoder_exporter.simulator import DeploymentSpec, SessionOptions, Simulator
+from qoder_exporter.sync import SESSION_TOKEN_BUCKETS
 
 from .conftest import TOKEN, make_config
 
@@ -74,6 +75,7 @@ class Expected:
     errors: Counter[str] = field(default_factory=Counter)
     durations: dict[str, list[float]] = field(default_factory=dict)
     tokens: Counter[str] = field(default_factory=Counter)
+    per_run: list[int] = field(default_factory=list)  # tokens of each run that gave them
     credits: float = 0.0
     lost: set[str] = field(default_factory=set)
 
@@ -101,6 +103,8 @@ def expected(sim: Simulator, dep_id: str, started: float, end: float, lost: set[
             if o.duration_s is not None:
                 out.durations.setdefault(o.outcome, []).append(o.duration_s)
             out.tokens.update(o.tokens)
+            if o.tokens:
+                out.per_run.append(sum(o.tokens.values()))
             out.credits += o.credits or 0.0
     return out
 
@@ -121,6 +125,15 @@ def assert_matches_truth(
         assert view.errors == dict(want.errors), view.id
         assert view.tokens == {k: v for k, v in want.tokens.items()}, view.id
         assert (view.credits or 0.0) == pytest.approx(want.credits, abs=1e-6)
+        per_run = view.session_tokens
+        if not want.per_run:
+            assert per_run is None, view.id  # absent, not zero
+        else:
+            assert per_run is not None, view.id
+            assert per_run.total == sum(want.per_run)
+            for bound, count in zip(SESSION_TOKEN_BUCKETS, per_run.cumulative, strict=False):
+                assert count == sum(1 for n in want.per_run if n <= bound), (view.id, bound)
+            assert per_run.cumulative[-1] == len(want.per_run)
         for status in ("completed", "failed"):
             durations = sorted(want.durations.get(status, []))
             hist = view.durations.get(status)
