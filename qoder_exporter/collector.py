@@ -426,6 +426,13 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
         "(requests_per_second x poll_interval / 2); they are read in later cycles.",
         value=float(snap.deferred_refreshes),
     )
+    yield CounterMetricFamily(
+        "qoder_exporter_deferred_session_reads",
+        "Runs awaiting their sessions whose reads a cycle put off because the per-cycle bound "
+        "(what the in-flight refreshes left of it) was spent; newest runs first, the rest "
+        "are read in later cycles.",
+        value=float(snap.deferred_session_reads),
+    )
     errors = CounterMetricFamily(
         "qoder_exporter_api_errors",
         "Failed API request attempts (retried or not) by endpoint and error type: timeout, "

@@ -95,7 +95,12 @@ class Poller:
         )
         self.tracker.sessions_mode = config.sessions
         follower = SessionFollower(
-            self.client, self.backoff, self.tracker, config.sessions_timeout, self._max_retries
+            self.client,
+            self.backoff,
+            self.tracker,
+            config.sessions_timeout,
+            self._max_retries,
+            self.metrics.count_deferred_sessions,
         )
         self.feed.owns = self.shard.owns
         self.cycle = Cycle(
