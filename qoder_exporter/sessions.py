@@ -94,8 +94,10 @@ class SessionsClient(Protocol):
     ) -> Page: ...
 
 
-def unknown(now: float) -> Resolution:
-    return Resolution("failed", "unknown", now)
+def unknown(at: float) -> Resolution:
+    """Failed, reason unknown, as of `at`: now for a 404, the timeout for a session that
+    never ended (so a run already past it at the first sync stays history)."""
+    return Resolution("failed", "unknown", at)
 
 
 class SessionFollower:
