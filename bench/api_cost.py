@@ -184,10 +184,10 @@ def _count_sessions(poller: Poller) -> _SessionCount:
         return count
     real = follower.follow
 
-    def wrapped(now: float, executor: Any) -> int:
+    def wrapped(now: float, executor: Any, budget: Any = None) -> int:
         with poller.tracker.lock:
             count.awaiting += len(poller.store.awaiting())
-        done = real(now, executor)
+        done = real(now, executor, budget)
         count.resolved += done
         return done
 

@@ -31,7 +31,7 @@ from .client import ERROR_KINDS
 from .fragments import FragmentCache
 from .models import RUN_ERROR_TYPES, STATUSES, TERMINAL, TRIGGERS
 from .snapshot import DeploymentView, HistogramData, Snapshot
-from .sync import QUEUE_BUCKETS
+from .sync import QUEUE_BUCKETS, SESSION_TOKEN_BUCKETS
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,12 @@ class _SessionFamilies:
             "only the kinds the API reports.",
             labels=["deployment_id", "kind"],
         )
+        self.per_run = HistogramMetricFamily(
+            "qoder_deployment_run_session_tokens",
+            "Tokens per finished run (the sum of the kinds its session's final usage gives), "
+            "each run observed once; absent until a run's session gives tokens.",
+            labels=["deployment_id"],
+        )
         self.credits = CounterMetricFamily(
             "qoder_deployment_run_credits",
             "Credits (usage.total_credits) of finished runs' sessions, added once per run.",
@@ -284,13 +290,16 @@ class _SessionFamilies:
             self.reasons.add_metric([d.id, reason], float(n))
         for kind, n in sorted(d.tokens.items()):
             self.tokens.add_metric([d.id, kind], float(n))
+        if d.session_tokens is not None:
+            data = d.session_tokens
+            self.per_run.add_metric([d.id], _buckets(SESSION_TOKEN_BUCKETS, data), data.total)
         if d.credits is not None:
             self.credits.add_metric([d.id], d.credits)
         if d.list_cost_usd is not None:
             self.list_cost.add_metric([d.id], d.list_cost_usd)
 
     def families(self) -> Iterator[Metric]:
-        yield from (self.reasons, self.tokens, self.credits, self.list_cost)
+        yield from (self.reasons, self.tokens, self.per_run, self.credits, self.list_cost)
 
 
 def _add_deployment(
@@ -417,6 +426,13 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
         "In-flight runs a cycle did not fetch by id because it reached its per-cycle bound "
         "(requests_per_second x poll_interval / 2); they are read in later cycles.",
         value=float(snap.deferred_refreshes),
+    )
+    yield CounterMetricFamily(
+        "qoder_exporter_deferred_session_reads",
+        "Runs awaiting their sessions whose reads a cycle put off because the per-cycle bound "
+        "(what the in-flight refreshes left of it) was spent; newest runs first, the rest "
+        "are read in later cycles.",
+        value=float(snap.deferred_session_reads),
     )
     errors = CounterMetricFamily(
         "qoder_exporter_api_errors",

@@ -52,7 +52,7 @@ class Cycle:
         self.watch.not_after = self.reader.not_after = self.feed.not_after = bound
         budget = self.reader.budget = self.feed.budget = RefreshBudget(self.refresh_limit)
         try:
-            self._run(now, first=first)
+            self._run(now, budget, first=first)
         finally:
             if budget.deferred:
                 log.warning(
@@ -63,7 +63,7 @@ class Cycle:
                 )
                 self.on_deferred(budget.deferred)
 
-    def _run(self, now: float, *, first: bool) -> None:
+    def _run(self, now: float, budget: RefreshBudget, *, first: bool) -> None:
         self.watch.refresh_if_due(now, self.backoff)
         store, lookback = self.tracker.store, self.watch.lookback
         watched = self.watch.watched()
@@ -97,7 +97,8 @@ class Cycle:
                 ok += self._apply(fetched, now, failures)
         if self.follower is not None:
             # Runs awaiting their sessions: nothing is sent when there are none.
-            self.follower.follow(now, self.executor)
+            # Within what the in-flight refreshes left of this cycle's budget.
+            self.follower.follow(now, self.executor, budget)
         for error in failures:
             if isinstance(error, (AuthenticationError, PermissionDeniedError)):
                 raise error

@@ -66,6 +66,15 @@ class RefreshBudget:
             self.deferred += wanted - granted
             return granted
 
+    def reserve(self, wanted: int) -> bool:
+        """All of `wanted` requests or none, not counted here: the session follower draws
+        its reads from what the run refreshes left, and counts its own deferrals."""
+        with self._lock:
+            if wanted > self.left:
+                return False
+            self.left -= wanted
+            return True
+
 
 Bound = Callable[[], "float | None"]
 

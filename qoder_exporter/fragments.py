@@ -26,7 +26,7 @@ from prometheus_client.utils import floatToGoString
 from .filters import DEFAULT_METRICS, MetricsConfig
 from .models import RUN_ERROR_TYPES, STATUSES, TERMINAL, TRIGGERS
 from .snapshot import DeploymentView, HistogramData
-from .sync import QUEUE_BUCKETS
+from .sync import QUEUE_BUCKETS, SESSION_TOKEN_BUCKETS
 
 _TERMINAL = tuple(s for s in STATUSES if s in TERMINAL)
 _OBSERVED = ("completed", "failed")  # statuses whose runs carry a duration
@@ -277,6 +277,13 @@ def _tokens(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
     return "".join(_labelled(name, dep, "kind", escape(k), n) for k, n in sorted(d.tokens.items()))
 
 
+def _session_tokens(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
+    if d.session_tokens is None:
+        return ""  # absent until a run's session gives tokens
+    name = "qoder_deployment_run_session_tokens"
+    return _histogram(name, dep, (), SESSION_TOKEN_BUCKETS, d.session_tokens)
+
+
 def _queue(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
     return _histogram("qoder_deployment_run_queue_seconds", dep, (), QUEUE_BUCKETS, d.queue)
 
@@ -430,6 +437,13 @@ FAMILIES: tuple[Family, ...] = (
         "Tokens of finished runs' sessions (final usage), added once per run, by kind; "
         "only the kinds the API reports.",
         _tokens,
+    ),
+    Family(
+        "qoder_deployment_run_session_tokens",
+        "histogram",
+        "Tokens per finished run (the sum of the kinds its session's final usage gives), "
+        "each run observed once; absent until a run's session gives tokens.",
+        _session_tokens,
     ),
     Family(
         "qoder_deployment_run_credits",

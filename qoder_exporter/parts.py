@@ -69,7 +69,14 @@ def build_parts(
         info = watch.info(deployment_id)
         return info.max_retries if info is not None else None
 
-    follower = SessionFollower(client, backoff, tracker, config.sessions_timeout, max_retries)
+    follower = SessionFollower(
+        client,
+        backoff,
+        tracker,
+        config.sessions_timeout,
+        max_retries,
+        metrics.count_deferred_sessions,
+    )
     cycle = Cycle(
         config.discover,
         client,

@@ -22,6 +22,7 @@ class SelfMetricsCopy:
     errors: dict[tuple[str, str], int]
     rate_limited: int
     deferred: int
+    deferred_sessions: int
 
 
 class SelfMetrics:
@@ -35,6 +36,7 @@ class SelfMetrics:
         self.errors: dict[tuple[str, str], int] = {}
         self.rate_limited = 0
         self.deferred = 0
+        self.deferred_sessions = 0
 
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
         with self._lock:
@@ -62,6 +64,10 @@ class SelfMetrics:
         with self._lock:
             self.deferred += runs
 
+    def count_deferred_sessions(self, runs: int) -> None:
+        with self._lock:
+            self.deferred_sessions += runs
+
     def copy(self) -> SelfMetricsCopy:
         with self._lock:
             return SelfMetricsCopy(
@@ -71,6 +77,7 @@ class SelfMetrics:
                 errors=dict(self.errors),
                 rate_limited=self.rate_limited,
                 deferred=self.deferred,
+                deferred_sessions=self.deferred_sessions,
             )
 
 

@@ -1,5 +1,6 @@
 """The state file's part about sessions (version 3): runs awaiting their sessions, and the
-per-deployment reason, token, credit and list-cost counters of resolved runs."""
+per-deployment reason, token, credit and list-cost counters of resolved runs; version 4 added
+the tokens-per-run histogram."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import math
 from typing import Any
 
 from .outcomes import REASONS, TOKEN_KINDS
-from .sync import DeploymentState, PendingSession
+from .sync import SESSION_TOKEN_BUCKETS, DeploymentState, Histogram, PendingSession
+
+# A histogram's sum of tokens: 2**53 runs of 1e12 tokens each is far below it.
+_MAX_SUM = 1e30
 
 
 class SessionStateError(ValueError):
@@ -22,6 +26,11 @@ def dump(st: DeploymentState) -> dict[str, Any]:
         "tokens": st.tokens,
         "credits": st.credits,
         "list_cost_usd": st.list_cost_usd,
+        "session_tokens": (
+            {"counts": st.session_tokens.counts, "sum": st.session_tokens.total}
+            if st.session_tokens
+            else None
+        ),
     }
 
 
@@ -38,6 +47,24 @@ def restore(st: DeploymentState, d: dict[str, Any]) -> None:
     st.tokens = _counts(d["tokens"], TOKEN_KINDS)
     st.credits = _amount(d["credits"])
     st.list_cost_usd = _amount(d["list_cost_usd"])
+
+
+def restore_v4(st: DeploymentState, d: dict[str, Any]) -> None:
+    """The field version 4 added: the tokens-per-run histogram (None: no run gave tokens)."""
+    raw = d["session_tokens"]
+    if raw is None:
+        return
+    if not isinstance(raw, dict) or not isinstance(raw["counts"], list):
+        raise SessionStateError("session_tokens: malformed")
+    counts = raw["counts"]
+    if len(counts) != len(SESSION_TOKEN_BUCKETS) + 1 or not all(
+        isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**53 for c in counts
+    ):
+        raise SessionStateError("session_tokens: bad counts")
+    total = _amount(raw["sum"])
+    if total is None or total > _MAX_SUM:
+        raise SessionStateError("session_tokens: bad sum")
+    st.session_tokens = Histogram(list(counts), total)
 
 
 def _counts(raw: dict[str, Any], known: tuple[str, ...]) -> dict[str, int]:

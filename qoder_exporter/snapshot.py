@@ -44,6 +44,7 @@ class DeploymentView:
     tokens: dict[str, int] = field(default_factory=dict)
     credits: float | None = None
     list_cost_usd: float | None = None
+    session_tokens: HistogramData | None = None  # sync.SESSION_TOKEN_BUCKETS, tokens per run
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class Snapshot:
     rate_limit_wait_seconds: float = 0.0
     rate_limited: int = 0
     deferred_refreshes: int = 0
+    deferred_session_reads: int = 0
     invalid_records: dict[str, int] = field(default_factory=dict)
     api_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     tracked_runs: int = 0

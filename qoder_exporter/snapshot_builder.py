@@ -103,6 +103,7 @@ def build_snapshot(
         rate_limit_wait_seconds=bucket.waited_seconds,
         rate_limited=counters.rate_limited,
         deferred_refreshes=counters.deferred,
+        deferred_session_reads=counters.deferred_sessions,
         invalid_records=counters.invalid,
         api_errors=counters.errors,
         tracked_runs=store.size(),
@@ -157,4 +158,5 @@ def _view_extras(st: DeploymentState | None, expected: float | None) -> dict[str
         "tokens": dict(st.tokens),
         "credits": st.credits,
         "list_cost_usd": st.list_cost_usd,
+        "session_tokens": frozen(st.session_tokens) if st.session_tokens else None,
     }

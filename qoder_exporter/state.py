@@ -28,8 +28,10 @@ FORMAT = "qoder-exporter-state"
 # go under trigger "other"); an exporter that reads only 1 moves a version 2 file aside.
 # 3 added the runs awaiting their sessions and the session counters (sessionstate.py); a
 # version 1 or 2 file is read (nothing awaited, counters from zero).
-VERSION = 3
-READS = (1, 2, 3)
+# 4 added the tokens-per-run histogram (sessionstate.restore_v4); a version 3 file is read
+# (the histogram from zero).
+VERSION = 4
+READS = (1, 2, 3, 4)
 
 
 # A histogram's sum of run durations: 2**53 runs of a year each is far below it.
@@ -158,6 +160,8 @@ def _restore_one(d: Any, buckets: int | None, check: _Checker, version: int) -> 
         st.by_trigger = {(s, "other"): n for s, n in st.totals.items() if n}
     if version >= 3:
         sessionstate.restore(st, d)
+    if version >= 4:
+        sessionstate.restore_v4(st, d)
     return st
 
 

@@ -32,6 +32,11 @@ OVERLAP_S = 5.0
 _RANK = {"pending": 0, "running": 1, "completed": 2, "failed": 2, "skipped": 2}
 # Queue time (cas_run_extras.started_at - triggered_at): fixed bounds, seconds.
 QUEUE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+# Tokens per run (the sum of the kinds a session's final usage gives): fixed bounds in steps
+# of about half a decade. A session's usage is cumulative over its turn, and an agent turn
+# re-sends its context with every model request (cache reads count too), so one short answer
+# is ~1e3-1e4, a run of a few tool steps 1e5-1e6 and a long one 1e7; past 1e8 is a runaway.
+SESSION_TOKEN_BUCKETS = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7, 1e8)
 # A run created this long before an announced trigger time still answers it (fire jitter).
 TRIGGER_SLACK_S = 60.0
 # Announced trigger times remembered per deployment: the earliest unanswered ones.
@@ -114,6 +119,8 @@ class DeploymentState:
     tokens: dict[str, int] = field(default_factory=dict)  # by kind, of resolved runs
     credits: float | None = None  # None until a resolved run's session gave credits
     list_cost_usd: float | None = None
+    # SESSION_TOKEN_BUCKETS; None until a resolved run's session gave tokens.
+    session_tokens: Histogram | None = None
     # Bumped whenever anything above changes (not the floor alone): the snapshot builder
     # keeps a deployment's view, and the collector its rendered lines, while it stays put.
     version: int = 0
@@ -324,6 +331,10 @@ class RunStore:
             self._count(state, run, max_retries, res.reason)
             for kind, n in res.tokens:
                 state.tokens[kind] = state.tokens.get(kind, 0) + n
+            if res.tokens:  # a credits-only usage observes nothing: absent, not zero
+                if state.session_tokens is None:
+                    state.session_tokens = Histogram([0] * (len(SESSION_TOKEN_BUCKETS) + 1))
+                state.session_tokens.observe(SESSION_TOKEN_BUCKETS, sum(n for _, n in res.tokens))
             if res.credits is not None:
                 state.credits = (state.credits or 0.0) + res.credits
             if res.list_cost_usd is not None:

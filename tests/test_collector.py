@@ -309,6 +309,7 @@ def _varied_snapshot() -> Snapshot:
         last_failure=1234567.0,
         reasons={"blocked": 2, "unknown": 0, 'we"ird': 1},
         tokens={"output": 5, "input": 10**7},
+        session_tokens=HistogramData((0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2), 1e7 + 5 + 1.5e9),
         credits=1.5e-7,
         list_cost_usd=12.25,
     )

@@ -79,6 +79,7 @@ NO_DATA_ALLOWED = {
     ("Cost per deployment per day", "A"),
     ("Cost per deployment per day", "B"),
     ("Tokens per day by kind", "A"),
+    ("Tokens per day by kind", "B"),
 }
 
 

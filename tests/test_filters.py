@@ -168,6 +168,7 @@ def test_denylist_drops_matching_families_and_patterns_are_anchored() -> None:
         "qoder_deployment_run_queue_seconds",
         "qoder_deployment_run_failure_reasons",
         "qoder_deployment_run_tokens",
+        "qoder_deployment_run_session_tokens",
         "qoder_deployment_run_credits",
         "qoder_deployment_run_list_cost_usd",
     }  # "up" matches no whole name: qoder_up stays

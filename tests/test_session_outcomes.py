@@ -18,6 +18,7 @@ import pytest
 from qoder_exporter.models import run_error_type
 from qoder_exporter.poller import Poller
 from qoder_exporter.simulator import DeploymentSpec, SessionOptions, Simulator
+from qoder_exporter.sync import SESSION_TOKEN_BUCKETS
 
 from .conftest import TOKEN, make_config
 
@@ -74,6 +75,7 @@ class Expected:
     errors: Counter[str] = field(default_factory=Counter)
     durations: dict[str, list[float]] = field(default_factory=dict)
     tokens: Counter[str] = field(default_factory=Counter)
+    per_run: list[int] = field(default_factory=list)  # tokens of each run that gave them
     credits: float = 0.0
     lost: set[str] = field(default_factory=set)
 
@@ -101,6 +103,8 @@ def expected(sim: Simulator, dep_id: str, started: float, end: float, lost: set[
             if o.duration_s is not None:
                 out.durations.setdefault(o.outcome, []).append(o.duration_s)
             out.tokens.update(o.tokens)
+            if o.tokens:
+                out.per_run.append(sum(o.tokens.values()))
             out.credits += o.credits or 0.0
     return out
 
@@ -121,6 +125,15 @@ def assert_matches_truth(
         assert view.errors == dict(want.errors), view.id
         assert view.tokens == {k: v for k, v in want.tokens.items()}, view.id
         assert (view.credits or 0.0) == pytest.approx(want.credits, abs=1e-6)
+        per_run = view.session_tokens
+        if not want.per_run:
+            assert per_run is None, view.id  # absent, not zero
+        else:
+            assert per_run is not None, view.id
+            assert per_run.total == sum(want.per_run)
+            for bound, count in zip(SESSION_TOKEN_BUCKETS, per_run.cumulative, strict=False):
+                assert count == sum(1 for n in want.per_run if n <= bound), (view.id, bound)
+            assert per_run.cumulative[-1] == len(want.per_run)
         for status in ("completed", "failed"):
             durations = sorted(want.durations.get(status, []))
             hist = view.durations.get(status)
@@ -179,11 +192,11 @@ def test_cost_is_zero_when_nothing_is_in_flight_and_bounded_otherwise(sim: Simul
     lists_allowed = resolved = 0
     real = follower.follow
 
-    def counting(now: float, executor: Any) -> int:
+    def counting(now: float, executor: Any, budget: Any = None) -> int:
         nonlocal lists_allowed, resolved
         with p.tracker.lock:
             lists_allowed += len(p.store.awaiting())
-        done = real(now, executor)
+        done = real(now, executor, budget)
         resolved += done
         return done
 
@@ -272,3 +285,70 @@ def test_record_only_pages_follow_next_page(sim: Simulator) -> None:
     for dep_id, view in views.items():
         in_window = sim.truth_recent(dep_id, LOOKBACK_S)
         assert sum(view.recent.values()) == sum(in_window.values()), dep_id
+
+
+BY_ID = ("get_run", "get_run_global", "list_sessions", "get_session", "list_session_events")
+
+
+def test_a_small_budget_defers_session_reads_and_loses_none(sim: Simulator) -> None:
+    """A first sync with more finished session runs than one cycle may read: every cycle's
+    reads by id stay within the budget, the rest wait (counted), newest first, and in the
+    end every outcome equals the truth, counted once. Runs the budget put off past their
+    sessions_timeout get a last read: their true outcome, not unknown."""
+    budget = 8
+    p = poller(sim)
+    p.cycle.refresh_limit = budget
+    started = sim.clock.now()
+    spent: list[int] = []
+    for step in range(6 * 3600 // int(STEP)):
+        if step:
+            sim.advance(STEP)
+        before = sum(sim.request_counts[k] for k in BY_ID)
+        p.poll_once()
+        spent.append(sum(sim.request_counts[k] for k in BY_ID) - before)
+        if step == 0:
+            # Newest first: of the runs whose sessions had ended (and that are not past
+            # twice the timeout), the newest is resolved at once, the oldest waits.
+            ended = sorted(
+                (o.created_at, o.deployment_id, o.run_id)
+                for d in sim.deployment_ids()
+                for o in sim.truth_run_outcomes(d)
+                if o.session_id is not None
+                and o.finished_at is not None
+                and o.finished_at <= started
+                and o.created_at >= started - 2 * TIMEOUT_S
+            )
+            assert len(ended) > budget
+            with p.tracker.lock:
+                runs = {d: st.runs for d, st in p.store.deployments.items()}
+                assert runs[ended[-1][1]][ended[-1][2]].accounted
+                assert not runs[ended[0][1]][ended[0][2]].accounted
+    assert max(spent) <= budget, spent
+    assert p.snapshot.deferred_session_reads > 0
+    # The backlog drained: no run waits whose session ended (or timed out) cycles ago.
+    truth = {o.run_id: o for d in sim.deployment_ids() for o in sim.truth_run_outcomes(d)}
+    late = sim.clock.now() - 3 * STEP
+    with p.tracker.lock:
+        for items in p.store.awaiting().values():
+            for run_id, _, created in items:
+                ended = truth[run_id].finished_at
+                assert (ended is None or ended > late) and created + TIMEOUT_S > late
+    assert_matches_truth(sim, p, started)
+    # History too: each run the window still holds shows its session's true outcome, also
+    # those past the timeout (2 h) when the budget reached them. (Runs still unread at twice
+    # the timeout are given up as unknown: those an hour short of it at the first sync are
+    # left out, the budget reaches them in time.)
+    past_timeout = 0
+    for dep_id, st in p.store.deployments.items():
+        for o in sim.truth_run_outcomes(dep_id):
+            tracked = st.runs.get(o.run_id)
+            if (
+                tracked is None
+                or o.session_id is None
+                or o.outcome == "unknown"
+                or o.created_at < started - 2 * TIMEOUT_S + 3600.0
+            ):
+                continue
+            assert tracked.status == o.outcome, (dep_id, o)
+            past_timeout += o.created_at + TIMEOUT_S < started
+    assert past_timeout > budget

@@ -14,6 +14,7 @@ from qoder_exporter.models import Deployment, Run
 from qoder_exporter.sync import (
     JUMP_SLACK,
     MAX_ANNOUNCED,
+    SESSION_TOKEN_BUCKETS,
     Jump,
     Resolution,
     RunStore,
@@ -256,6 +257,43 @@ def test_resolved_session_run_seen_again_below_the_floor_is_not_recounted() -> N
     poll(s, T0 + 25 * H + 60, [record])  # a page deep enough to show it again
     assert "r1" not in s.deployments[DEP].sessions
     assert s.deployments[DEP].totals["completed"] == 1
+
+
+def test_tokens_per_run_observed_once_and_absent_without_tokens() -> None:
+    """One observation per resolved run whose usage gives tokens (the kinds' sum); a
+    credits-only usage observes nothing, so the histogram stays absent; a second resolve of
+    the same run adds nothing. It survives the state file; a version 3 file reads as absent."""
+    s = store()
+    poll(s, T0, [])
+    records = [
+        dataclasses.replace(at(rid, 10 + i, "running"), session_id=f"s_{rid}", has_status=False)
+        for i, rid in enumerate(("r1", "r2", "r3"))
+    ]
+    poll(s, T0 + 60, records)
+    st = s.deployments[DEP]
+    credits_only = Resolution("completed", None, T0 + 100, 90.0, (), 2.5)
+    assert s.resolve(DEP, "r1", credits_only)
+    assert st.session_tokens is None and st.credits == 2.5
+    big = Resolution("completed", None, T0 + 100, 90.0, (("input", 2_000_000), ("output", 5)))
+    assert s.resolve(DEP, "r2", big)
+    assert not s.resolve(DEP, "r2", big)
+    assert s.resolve(DEP, "r3", Resolution("failed", "unknown", T0 + 100, None, (("input", 0),)))
+    hist = st.session_tokens
+    assert hist is not None
+    assert SESSION_TOKEN_BUCKETS[7] == 3e6  # 2,000,005 falls in (1e6, 3e6]
+    assert hist.cumulative() == [1] * 7 + [2] * 5 and hist.total == 2_000_005
+    doc = json.loads(json.dumps(state_mod.dump(s, "u")))
+    copy = store()
+    state_mod.restore(doc, copy, "u", now=T0 + H)
+    assert copy.deployments[DEP].session_tokens == hist
+    v3 = {**doc, "version": 3}
+    copy = store()
+    state_mod.restore(v3, copy, "u", now=T0 + H)
+    assert copy.deployments[DEP].session_tokens is None
+    for bad in ({"counts": [1] * 3, "sum": 1.0}, {"counts": [-1] * 12, "sum": 1}, "x"):
+        doc["deployments"][DEP]["session_tokens"] = bad
+        with pytest.raises(state_mod.StateError, match="malformed state"):
+            state_mod.restore(doc, store(), "u", now=T0 + H)
 
 
 def test_clock_jump_back_does_not_lower_the_floor() -> None:
