@@ -516,93 +516,96 @@ class _Rendered:
     ages: tuple[_AgeFamily, ...]  # gauges computed at scrape time
 
 
-@dataclass(frozen=True, slots=True)
-class _AgeSeries:
-    prefix: str  # name and labels, up to the value
-    since: float | None  # the value is now - since (0 when None)
+_SUCCESS_AGE = "qoder_deployment_last_success_age_seconds"
+_IN_FLIGHT_AGE = "qoder_deployment_oldest_in_flight_run_age_seconds"
+_AGE_HEADERS = {
+    _SUCCESS_AGE: f"# HELP {_SUCCESS_AGE} Seconds since the newest completed run finished, "
+    f"computed at scrape time.\n# TYPE {_SUCCESS_AGE} gauge\n",
+    _IN_FLIGHT_AGE: f"# HELP {_IN_FLIGHT_AGE} Age of the oldest run still pending or running "
+    f"(0 when none), computed at scrape time.\n# TYPE {_IN_FLIGHT_AGE} gauge\n",
+}
+_IN_FLIGHT = ("pending", "running")
 
 
 class _AgeFamily:
     """A gauge whose values move with the clock. At render time: its HELP and TYPE lines
     and the lines that do not move (nothing in flight: 0), encoded and gzipped once; the
-    moving lines as one str.format template, filled at each scrape (a tenth of the cost of
-    writing each line). Prometheus does not mind the order of a family's series."""
+    moving lines as one %-template, filled at each scrape (a tenth of the cost of writing
+    each line). Prometheus does not mind the order of a family's series."""
 
-    def __init__(self, header: str, series: Iterable[_AgeSeries]) -> None:
-        fixed, moving = [header], []
-        since: list[float] = []
-        for s in series:
-            if s.since is None:
-                fixed.append(f"{s.prefix}0.000\n")
-            else:
-                prefix = s.prefix.replace("{", "{{").replace("}", "}}")
-                moving.append(f"{prefix}{{{len(since)}:.3f}}\n")
-                since.append(s.since)
-        self.fixed = "".join(fixed).encode()
-        self.fixed_gz = gzip.compress(self.fixed, _FAMILY_GZIP_LEVEL)
-        self._fill = "".join(moving).format
-        self._since = since
+    def __init__(self, header: str) -> None:
+        self.header = header
+        self.fixed: list[str] = [header]  # whole lines
+        self.moving: list[str] = []  # line beginnings, %-escaped, each ending in %.3f\n
+        self.since: list[float] = []  # each moving line's value is now - since
+        self.fixed_bytes = b""
+        self.fixed_gz = b""
+        self._fill = ""
 
-    def moving(self, now: float) -> bytes:
+    def done(self) -> _AgeFamily:
+        self.fixed_bytes = "".join(self.fixed).encode()
+        self.fixed_gz = gzip.compress(self.fixed_bytes, _FAMILY_GZIP_LEVEL)
+        self._fill = "".join(self.moving)
+        self.fixed, self.moving = [], []
+        return self
+
+    def lines(self, now: float) -> bytes:
         """The moving lines at `now` (a start in the future reads 0)."""
-        return self._fill(*[now - t if t < now else 0.0 for t in self._since]).encode()
+        return (self._fill % tuple([now - t if t < now else 0.0 for t in self.since])).encode()
+
+
+# A deployment's age lines up to their values: the success line, then per in-flight status
+# the line as written when 0 and the line's %-escaped beginning.
+_Prefixes = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _prefixes(account: str | None, deployment_id: str) -> _Prefixes:
+    labels = f'{_account_label(account)}deployment_id="{_escape(deployment_id)}"'
+    in_flight = []
+    for status in _IN_FLIGHT:
+        begin = f'{_IN_FLIGHT_AGE}{{{labels},status="{status}"}} '
+        in_flight.append((f"{begin}0.000\n", begin.replace("%", "%%") + "%.3f\n"))
+    success = f"{_SUCCESS_AGE}{{{labels}}} ".replace("%", "%%") + "%.3f\n"
+    return success, tuple(in_flight)
+
+
+class _AgeLines:
+    """Builds the age families after each poll; each deployment's line beginnings depend
+    on its id and account only, so they are kept across renders."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str | None, str], _Prefixes] = {}
+
+    def families(self, snap: Snapshot) -> tuple[_AgeFamily, ...]:
+        success, in_flight = (
+            _AgeFamily(_AGE_HEADERS[_SUCCESS_AGE]),
+            _AgeFamily(_AGE_HEADERS[_IN_FLIGHT_AGE]),
+        )
+        kept, new = self._kept, {}
+        for part in snap.accounts or (snap,):
+            account = part.account if snap.accounts else None
+            for d in part.deployments:
+                key = (account, d.id)
+                pre = kept.get(key) or _prefixes(account, d.id)
+                new[key] = pre
+                if d.last_success is not None:
+                    success.moving.append(pre[0])
+                    success.since.append(d.last_success)
+                for status, (zero, begin) in zip(_IN_FLIGHT, pre[1], strict=True):
+                    since = d.oldest_in_flight.get(status)
+                    if since is None:
+                        in_flight.fixed.append(zero)
+                    else:
+                        in_flight.moving.append(begin)
+                        in_flight.since.append(since)
+        self._kept = new
+        keeps = snap.metrics.filter.keeps
+        return tuple(f.done() for f in (success, in_flight) if keeps(f.header.split(" ", 3)[2]))
 
 
 def _account_label(account: str | None) -> str:
     """The account label pair and a comma, to put before deployment_id; "" without accounts."""
     return "" if account is None else f'account="{_escape(account)}",'
-
-
-def _age_templates(snap: Snapshot) -> tuple[_AgeFamily, ...]:
-    if not snap.accounts:
-        return _age_templates_single(snap)
-    parts = [_ages(a, _account_label(a.account or "")) for a in snap.accounts]
-    return tuple(
-        _AgeFamily(header, (s for part in parts for s in part[i][1]))
-        for i, (header, _) in enumerate(parts[0])
-    )
-
-
-def _age_templates_single(snap: Snapshot) -> tuple[_AgeFamily, ...]:
-    return tuple(_AgeFamily(header, series) for header, series in _ages(snap, ""))
-
-
-def _ages(snap: Snapshot, label: str) -> tuple[tuple[str, tuple[_AgeSeries, ...]], ...]:
-    """Each kept age family's header and series; label: a constant label pair (and comma)
-    put before deployment_id, or ""."""
-    success = tuple(
-        _AgeSeries(
-            f'qoder_deployment_last_success_age_seconds{{{label}deployment_id="{_escape(d.id)}"}} ',
-            d.last_success,
-        )
-        for d in snap.deployments
-        if d.last_success is not None
-    )
-    in_flight = tuple(
-        _AgeSeries(
-            "qoder_deployment_oldest_in_flight_run_age_seconds"
-            f'{{{label}deployment_id="{_escape(d.id)}",status="{status}"}} ',
-            d.oldest_in_flight.get(status),
-        )
-        for d in snap.deployments
-        for status in ("pending", "running")
-    )
-    keeps = snap.metrics.filter.keeps
-    families = (
-        (
-            "# HELP qoder_deployment_last_success_age_seconds Seconds since the newest "
-            "completed run finished, computed at scrape time.\n"
-            "# TYPE qoder_deployment_last_success_age_seconds gauge\n",
-            success,
-        ),
-        (
-            "# HELP qoder_deployment_oldest_in_flight_run_age_seconds Age of the oldest run "
-            "still pending or running (0 when none), computed at scrape time.\n"
-            "# TYPE qoder_deployment_oldest_in_flight_run_age_seconds gauge\n",
-            in_flight,
-        ),
-    )
-    return tuple(f for f in families if keeps(f[0].split(" ", 3)[2]))
 
 
 def _render_failures_family(count: int) -> CounterMetricFamily:
@@ -692,6 +695,7 @@ class Exposition:
         self.fragments = FragmentCache(fragments.families_for(self._metrics))
         self._headers = _Headers(self.fragments.families)
         self._families: list[_Family] = []
+        self._ages = _AgeLines()
         self._self = _SelfCollector(snapshot)
         self._registry = CollectorRegistry(auto_describe=True)
         self._registry.register(self._self)
@@ -754,10 +758,9 @@ class Exposition:
                 families.append(prev)  # no deployment's lines changed: nor its gzip member
                 continue
             if i == last:
-                samples = _with_missing(frags, i, groups, [p.missing for p in parts])
+                data = _with_missing(frags, i, groups, [p.missing for p in parts])
             else:
-                samples = "".join(f[i] for f in frags)
-            data = samples.encode()
+                data = b"".join(f[i] for f in frags)
             if prev is not None and prev.samples == data:
                 families.append(prev)
             else:
@@ -777,7 +780,7 @@ class Exposition:
             text_gz + gzip.compress(tail_text, 6),
             _Lazy([*om, tail_om]),
             om_gz + gzip.compress(tail_om, 6),
-            _age_templates(snapshot),
+            self._ages.families(snapshot),
         )
 
     def body(self, *, openmetrics: bool, compress: bool) -> bytes:
@@ -790,32 +793,30 @@ class Exposition:
             # A gzip stream may hold several members; decoders (Go's, Python's) join them.
             parts = [static]
             for f in rendered.ages:
-                parts += (f.fixed_gz, gzip.compress(f.moving(now), _FAMILY_GZIP_LEVEL))
+                parts += (f.fixed_gz, gzip.compress(f.lines(now), _FAMILY_GZIP_LEVEL))
             parts.append(_OM_EOF_GZ if openmetrics else b"")
             return b"".join(parts)
-        ages = b"".join(p for f in rendered.ages for p in (f.fixed, f.moving(now)))
+        ages = b"".join(p for f in rendered.ages for p in (f.fixed_bytes, f.lines(now)))
         return (rendered.om if openmetrics else rendered.text).get() + ages + eof
 
 
 def _with_missing(
-    frags: list[tuple[str, ...]],
+    frags: list[tuple[bytes, ...]],
     i: int,
     groups: Sequence[fragments.Group],
     missing: Sequence[tuple[str, ...]],
-) -> str:
+) -> bytes:
     """watched_missing's lines: each account's watched deployments (0), then its
     configured deployments that are missing (1), as collector.families() gives them."""
-    out: list[str] = []
+    out: list[bytes] = []
     at = 0
     for (account, views), gone in zip(groups, missing, strict=True):
         out.extend(f[i] for f in frags[at : at + len(views)])
         at += len(views)
         label = _account_label(account)
-        out.extend(
-            f'qoder_deployment_watched_missing{{{label}deployment_id="{_escape(d)}"}} 1.0\n'
-            for d in gone
-        )
-    return "".join(out)
+        line = 'qoder_deployment_watched_missing{%sdeployment_id="%s"} 1.0\n'
+        out.extend((line % (label, _escape(d))).encode() for d in gone)
+    return b"".join(out)
 
 
 class _Lazy:

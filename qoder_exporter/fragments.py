@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
@@ -492,16 +493,13 @@ def families_for(metrics: MetricsConfig = DEFAULT_METRICS) -> tuple[Family, ...]
 # a view differing only in these renders the same fragments.
 _NOT_RENDERED = frozenset({"last_sync", "last_error", "oldest_in_flight"})
 _RENDERED = tuple(f.name for f in fields(DeploymentView) if f.name not in _NOT_RENDERED)
+_rendered_fields = attrgetter(*_RENDERED)
 
 
 def renders_same(a: DeploymentView, b: DeploymentView) -> bool:
     """True when both views give the same sample lines (the builder shares unchanged parts,
-    so most comparisons are identity checks)."""
-    for name in _RENDERED:
-        x, y = getattr(a, name), getattr(b, name)
-        if x is not y and x != y:
-            return False
-    return True
+    so most comparisons are identity checks, which tuple comparison does first)."""
+    return a is b or bool(_rendered_fields(a) == _rendered_fields(b))
 
 
 class _Empty:
@@ -539,16 +537,16 @@ class FragmentCache:
         self.rendered = 0
         # (account, deployment id) -> (view, bounds, fragments)
         self._cache: dict[
-            tuple[str | None, str], tuple[DeploymentView, tuple[float, ...], tuple[str, ...]]
+            tuple[str | None, str], tuple[DeploymentView, tuple[float, ...], tuple[bytes, ...]]
         ] = {}
         self._keys: list[tuple[str | None, str]] = []
 
     def fragments(
         self, groups: Sequence[Group], bounds: tuple[float, ...]
-    ) -> tuple[list[tuple[str, ...]], set[int] | None]:
-        """The fragments of these views, in order, and the indexes of the families whose
-        lines changed since the last call (None: all may have, the deployments differ).
-        Forgets deployments no longer listed."""
+    ) -> tuple[list[tuple[bytes, ...]], set[int] | None]:
+        """The fragments of these views (UTF-8: a body is bytes), in order, and the indexes
+        of the families whose lines changed since the last call (None: all may have, the
+        deployments differ). Forgets deployments no longer listed."""
         old, new = self._cache, {}
         out = []
         dirty: set[int] | None = set()
@@ -575,7 +573,7 @@ class FragmentCache:
 
     def _render(
         self, account: str | None, view: DeploymentView, bounds: tuple[float, ...]
-    ) -> tuple[str, ...]:
+    ) -> tuple[bytes, ...]:
         self.rendered += 1
         dep = Dep.of(view.id, account)
-        return tuple(f.render(view, dep, bounds) for f in self.families)
+        return tuple(f.render(view, dep, bounds).encode() for f in self.families)
