@@ -25,6 +25,7 @@ phase is the median over its cycles, and the max is shown too.
 from __future__ import annotations
 
 import argparse
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -268,7 +269,9 @@ def api_cost(
     shape, cap = SERVERS[server]
     if server == "g2-sessions":
         lookback, naive_cycles = SESSIONS_LOOKBACK, 0  # the naive poller follows no session
+    began = time.monotonic()
     sim = Simulator(seed=seed, deployments=n, token=TOKEN, shape=shape, page_cap=cap)
+    log(f"  simulator with {n} deployments built ({time.monotonic() - began:.1f} s)")
     url = sim.serve("127.0.0.1", 0)
     doc: dict[str, Any] = {
         "api": {"url": url, "token": TOKEN, "requests_per_second": 1000},
@@ -295,6 +298,7 @@ def api_cost(
             new_runs = 0 if phase == "startup" else _advance(sim, active, per_deployment, interval)
             sim.reset_counts()
             status_calls.clear()
+            began = time.monotonic()
             before = _in_flight(poller)
             known = {rid for st in poller.store.deployments.values() for rid in st.runs}
             if not poller.poll_once():
@@ -317,6 +321,10 @@ def api_cost(
                     1 for d in ids if poller.store.recent(d, now, lookback) != seen.get(d, zero)
                 )
             done[phase] += 1
+            log(
+                f"  {phase} cycle {done[phase]}: {cycle.total} requests "
+                f"({time.monotonic() - began:.1f} s)"
+            )
             if phase != "settle":
                 result.cycles.append(cycle)
     finally:
