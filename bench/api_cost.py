@@ -25,15 +25,19 @@ phase is the median over its cycles, and the max is shown too.
 from __future__ import annotations
 
 import argparse
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+import requests
 
 from qoder_exporter.config import config_from_dict
 from qoder_exporter.models import STATUSES
 from qoder_exporter.poller import Poller
 from qoder_exporter.sharding import Shard
-from qoder_exporter.simulator import Simulator
+from qoder_exporter.simulator import BASE_PATH, Simulator
+from qoder_exporter.simulator.adapter import DEFAULT_ORIGIN, mount
 
 from .common import log, median, table
 from .naive import NaivePoller
@@ -55,6 +59,23 @@ SERVER_LABELS = {
     "g2-100": "G2 records, pages <= 100 (G2 docs)",
     "g2-sessions": "G2 records + sessions followed, pages <= 100",
 }
+# The pollers reach the simulator in process, through a requests adapter that calls its
+# handle_request (simulator/adapter.py): the same requests, counted at the same place, by the
+# same client code down to the transport. Over loopback HTTP every request also cost a socket
+# exchange and a server thread (a third of the bench's time at 1,000 deployments), and on a
+# loaded machine a stalled server thread tripped the client's read timeout: the retry was
+# counted as one more request, so the counts were no longer deterministic.
+API_URL = DEFAULT_ORIGIN + BASE_PATH
+
+
+def _connect(session: requests.Session, sim: Simulator) -> None:
+    """Route a client's session to the simulator in process (see API_URL)."""
+    mount(session, sim)
+    # No proxy can apply in process; requests would otherwise scan the environment for one
+    # at every request (a quarter of the client's time per request).
+    session.trust_env = False
+
+
 # g2-sessions: every run with a session awaits it (sessions: auto); the first sync follows
 # each run of the window into its session once, so that server runs with a 1 h lookback.
 SESSIONS_LOOKBACK = 3600.0
@@ -268,10 +289,11 @@ def api_cost(
     shape, cap = SERVERS[server]
     if server == "g2-sessions":
         lookback, naive_cycles = SESSIONS_LOOKBACK, 0  # the naive poller follows no session
+    began = time.monotonic()
     sim = Simulator(seed=seed, deployments=n, token=TOKEN, shape=shape, page_cap=cap)
-    url = sim.serve("127.0.0.1", 0)
+    log(f"  simulator with {n} deployments built ({time.monotonic() - began:.1f} s)")
     doc: dict[str, Any] = {
-        "api": {"url": url, "token": TOKEN, "requests_per_second": 1000},
+        "api": {"url": API_URL, "token": TOKEN, "requests_per_second": 1000, "insecure": True},
         "poll_interval": f"{int(interval)}s",
         "lookback": f"{int(lookback)}s",
         "sessions": "auto" if server == "g2-sessions" else "never",
@@ -282,7 +304,9 @@ def api_cost(
     else:
         doc["deployments"] = ids
     poller = Poller(config_from_dict(doc, env={}), clock=sim.clock.now)
-    naive = NaivePoller(url, TOKEN, deployments=None if discover else ids, lookback=lookback)
+    _connect(poller.client.session, sim)
+    naive = NaivePoller(API_URL, TOKEN, deployments=None if discover else ids, lookback=lookback)
+    _connect(naive.client.session, sim)
     result = CostResult(n, discover, server)
     status_calls: Counter[str] = Counter()
     _count_status_lists(poller, status_calls)
@@ -295,6 +319,7 @@ def api_cost(
             new_runs = 0 if phase == "startup" else _advance(sim, active, per_deployment, interval)
             sim.reset_counts()
             status_calls.clear()
+            began = time.monotonic()
             before = _in_flight(poller)
             known = {rid for st in poller.store.deployments.values() for rid in st.runs}
             if not poller.poll_once():
@@ -317,6 +342,10 @@ def api_cost(
                     1 for d in ids if poller.store.recent(d, now, lookback) != seen.get(d, zero)
                 )
             done[phase] += 1
+            log(
+                f"  {phase} cycle {done[phase]}: {cycle.total} requests "
+                f"({time.monotonic() - began:.1f} s)"
+            )
             if phase != "settle":
                 result.cycles.append(cycle)
     finally:
@@ -378,9 +407,8 @@ def shard_cost(
 ) -> ShardCost:
     shape, cap = SERVERS[server]
     sim = Simulator(seed=seed, deployments=n, token=TOKEN, shape=shape, page_cap=cap)
-    url = sim.serve("127.0.0.1", 0)
     doc: dict[str, Any] = {
-        "api": {"url": url, "token": TOKEN, "requests_per_second": 1000},
+        "api": {"url": API_URL, "token": TOKEN, "requests_per_second": 1000, "insecure": True},
         "poll_interval": f"{int(interval)}s",
         "lookback": f"{int(lookback)}s",
     }
@@ -393,6 +421,8 @@ def shard_cost(
     pollers = [Poller(config, clock=sim.clock.now)] + [
         Poller(config, clock=sim.clock.now, shard=Shard(i, shards)) for i in range(shards)
     ]
+    for poller in pollers:
+        _connect(poller.client.session, sim)
     result = ShardCost(n, discover, shards, server)
     active = [d for d in ids if not sim.spec(d).paused]
     try:

@@ -15,6 +15,12 @@ from qoder_exporter.client import Page, QoderClient
 from qoder_exporter.config import Secret
 from qoder_exporter.models import STATUSES, parse_run
 
+# The exporter bounds a listing at api.max_pages (1,000) because it never needs a whole
+# window in one listing (its first sync lists each deployment; later cycles read the feed back
+# to what they know). This baseline does: at 1,000 deployments the 24 h feed holds ~144,000
+# runs, ~1,440 pages of 100. Its bound only has to stop a loop, not bound a real read.
+NAIVE_MAX_PAGES = 100_000
+
 
 class NaivePoller:
     def __init__(
@@ -27,7 +33,13 @@ class NaivePoller:
         page_size: int = 100,
     ) -> None:
         """deployments=None means discover mode (the cross-deployment feed)."""
-        self.client = QoderClient(url, Secret(token), requests_per_second=1e6, max_retries=0)
+        self.client = QoderClient(
+            url,
+            Secret(token),
+            requests_per_second=1e6,
+            max_retries=0,
+            max_pages=NAIVE_MAX_PAGES,
+        )
         self.deployments = deployments
         self.lookback = lookback
         self.page_size = page_size

@@ -8,11 +8,18 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from .backoff import Backoff
-from .client import AuthenticationError, PermissionDeniedError, QoderClient, QoderError
-from .feed import FeedReader
+from .client import (
+    AuthenticationError,
+    PaginationError,
+    PermissionDeniedError,
+    QoderClient,
+    QoderError,
+)
+from .feed import FeedReader, FeedResult
 from .fetched import Fetched, RefreshBudget
 from .reader import DeploymentReader
 from .sessions import SessionFollower
+from .sync import SyncPlan
 from .tracker import Tracker
 from .watchlist import WatchList
 
@@ -79,22 +86,28 @@ class Cycle:
             # only once it has answered, so another 429 pauses them before they send.
             probe, per_deployment = per_deployment[0], per_deployment[1:]
             ok += self._apply(self.reader.read(probe, plans[probe]), now, failures)
-        # Each deployment is applied as soon as it is read and then let go, so only the
-        # fetches not yet applied hold their pages (a first sync reads the whole window).
-        # as_completed drops each future it has handed out; a list of them kept here would
-        # keep every result, and so every page of a first sync, alive to the end.
-        for future in as_completed(
-            [self.executor.submit(self.reader.read, d, plans[d]) for d in per_deployment]
-        ):
-            ok += self._apply(future.result(), now, failures)
+        ok += self._read_each(plans, per_deployment, now, failures)
         if use_feed:
             rest = {d: store.plan(d, now, lookback(d)) for d in watched if d not in fresh}
             result = self.feed.read(rest, store, now, self.watch.ignored())
-            if result.unknown_deployment:
-                self.watch.relist()
             total += len(result.fetched)
-            for fetched in result.fetched:
-                ok += self._apply(fetched, now, failures)
+            if _too_long(result):
+                # More runs are new than api.max_pages pages of the feed hold (after a long
+                # outage or back-off, or at 10,000s of deployments). Reading the feed again
+                # would fail the same way every cycle, for good: read each deployment's own
+                # list instead, as a first sync does, each bounded by its own window. The
+                # next cycle is back on the feed, from what this one learnt.
+                log.warning(
+                    "the feed holds more new runs than api.max_pages pages: "
+                    "reading %d deployments one by one this cycle",
+                    len(rest),
+                )
+                ok += self._read_each(rest, list(rest), now, failures)
+            else:
+                if result.unknown_deployment:
+                    self.watch.relist()
+                for fetched in result.fetched:
+                    ok += self._apply(fetched, now, failures)
         if self.follower is not None:
             # Runs awaiting their sessions: nothing is sent when there are none.
             # Within what the in-flight refreshes left of this cycle's budget.
@@ -108,6 +121,25 @@ class Cycle:
             log.warning(
                 "%d of %d deployments failed to sync: %s", len(failures), total, failures[0]
             )
+
+    def _read_each(
+        self,
+        plans: dict[str, SyncPlan],
+        deployments: list[str],
+        now: float,
+        failures: list[QoderError],
+    ) -> int:
+        """Read the deployments' own lists in the workers; returns how many synced."""
+        # Each deployment is applied as soon as it is read and then let go, so only the
+        # fetches not yet applied hold their pages (a first sync reads the whole window).
+        # as_completed drops each future it has handed out; a list of them kept here would
+        # keep every result, and so every page of a first sync, alive to the end.
+        ok = 0
+        for future in as_completed(
+            [self.executor.submit(self.reader.read, d, plans[d]) for d in deployments]
+        ):
+            ok += self._apply(future.result(), now, failures)
+        return ok
 
     def _apply(self, fetched: Fetched, now: float, failures: list[QoderError]) -> int:
         """Fold one deployment's fetch into the store: 1 if it synced, else note the error."""
@@ -127,3 +159,9 @@ class Cycle:
         if fetched.error is not None:
             failures.append(fetched.error)
         return 0
+
+
+def _too_long(result: FeedResult) -> bool:
+    """Whether the feed read failed only because it needed more than api.max_pages pages."""
+    error = result.fetched[0].error if result.fetched else None
+    return isinstance(error, PaginationError) and error.kind == "too_many_pages"

@@ -210,3 +210,25 @@ def test_discover_jump_from_a_run_that_left_the_feed_falls_back_to_get() -> None
     finally:
         poller.close()
         sim.close()
+
+
+def test_discover_feed_longer_than_max_pages_resyncs_per_deployment(
+    sim: Simulator, poller_for: Callable[..., Poller]
+) -> None:
+    """After a long gap (an outage, a long back-off), more runs are new than api.max_pages
+    pages of the feed hold: the cycle reads each deployment's list instead, as a first sync
+    does, and goes on; before, every cycle failed on the same endless listing for good."""
+    poller = poller_for(discover=True, page_size=10, lookback="3h", api={"max_pages": 3})
+    started = sim.clock.now()
+    assert poller.poll_once(), poller.snapshot.last_error
+    sim.advance(3 * 3600)  # ~60 new runs: more than 3 pages of 10
+    sim.reset_counts()
+    assert poller.poll_once(), poller.snapshot.last_error
+    assert sim.request_counts["list_runs"] >= len(sim.deployment_ids()), sim.request_counts
+    assert_matches_truth(sim, poller, started)
+    # And back to the feed at once.
+    sim.advance(STEP)
+    sim.reset_counts()
+    assert poller.poll_once()
+    assert sim.request_counts.get("list_runs", 0) == 0
+    assert_matches_truth(sim, poller, started)
