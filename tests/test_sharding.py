@@ -250,7 +250,11 @@ def _settle(exporters: list[_Exporter]) -> None:
     """Wait until every process has finished two polls since the world last changed."""
     before = [e.successful_polls() for e in exporters]
     for e, n in zip(exporters, before, strict=True):
-        eventually(lambda e=e, n=n: e.successful_polls() >= n + 2, 30, "a poll after the step")
+        eventually(
+            lambda e=e, n=n: e.successful_polls() >= n + 2,
+            90,  # four exporters, a Prometheus and the simulator share two loaded cores in CI
+            lambda e=e: f"a poll after the step; the exporter's log ends:\n{e._text()}",
+        )
 
 
 @pytest.mark.parametrize("discover", [False, True])
