@@ -144,6 +144,12 @@ class SyncPlan:
     # Tracked runs from the newest back to the oldest one in flight (0: none in flight):
     # how deep the first page must reach to show every in-flight run without a GET each.
     reach: int = 0
+    # Runs awaiting their sessions: known, not accounted, yet not re-read by id either.
+    awaiting: frozenset[str] = frozenset()
+
+    def settled(self, run_id: str) -> bool:
+        """True for a run accounted already: its record can no longer change what we count."""
+        return run_id in self.known and run_id not in self.in_flight and run_id not in self.awaiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +207,7 @@ class RunStore:
             watermark=state.watermark(),
             has_success=state.last_success is not None,
             reach=reach,
+            awaiting=frozenset(state.sessions) if state.sessions else frozenset(),
         )
 
     def apply(
