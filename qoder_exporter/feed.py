@@ -166,6 +166,8 @@ class FeedReader:
             if len(stale) > 1:
                 self._find_stale(stale, by_dep, plans, store, now)
             for dep_id, fetched in by_dep.items():
+                if not plans[dep_id].in_flight:
+                    continue  # nothing to fetch by id (most deployments, most cycles)
                 refresh_in_flight(
                     self.client,
                     self.backoff,

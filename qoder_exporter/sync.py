@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .models import (
     IN_FLIGHT,
@@ -122,6 +122,9 @@ class DeploymentState:
     low: float = float("-inf")
     # plan()'s answer as of `version`: rebuilt only for deployments that changed.
     plan_cache: tuple[int, SyncPlan] | None = None
+    # note_schedule's last input (the deployment's metadata object, last_run): unchanged,
+    # the announced times are too, so a quiet cycle does not work them out again.
+    schedule_seen: tuple[Deployment, float | None] | None = None
 
     def watermark(self) -> float | None:
         """Creation time of the newest tracked run."""
@@ -146,6 +149,19 @@ class SyncPlan:
     reach: int = 0
     # Runs awaiting their sessions: known, not accounted, yet not re-read by id either.
     awaiting: frozenset[str] = frozenset()
+
+    def with_floor(self, floor: float) -> SyncPlan:
+        """dataclasses.replace(self, floor=floor), spelt out: once per deployment per cycle."""
+        return SyncPlan(
+            self.initial,
+            self.known,
+            self.in_flight,
+            floor,
+            self.watermark,
+            self.has_success,
+            self.reach,
+            self.awaiting,
+        )
 
     def settled(self, run_id: str) -> bool:
         """True for a run accounted already: its record can no longer change what we count."""
@@ -187,7 +203,11 @@ class RunStore:
         cached = state.plan_cache
         if cached is not None and cached[0] == state.version:
             plan = cached[1]
-            return plan if plan.floor == state.floor else replace(plan, floor=state.floor)
+            if plan.floor != state.floor:
+                # the window moved on (every cycle): keep the moved plan for the next call
+                plan = plan.with_floor(state.floor)
+                state.plan_cache = (state.version, plan)
+            return plan
         plan = self._plan(state)
         state.plan_cache = (state.version, plan)
         return plan
@@ -233,6 +253,10 @@ class RunStore:
         """
         before = self.changes
         state = self.deployments.get(deployment_id)
+        if state is not None and not runs and not vanished:
+            # Most deployments show nothing new in a quiet cycle: only the window moves.
+            self.expire(deployment_id, now, lookback)
+            return ApplyResult(0, 0, 0)
         if state is None:
             state = self.deployments[deployment_id] = DeploymentState(floor=now - lookback)
             self.changes += 1
@@ -419,6 +443,10 @@ class RunStore:
         state = self.deployments.get(deployment_id)
         if state is None or info is None:
             return
+        if state.schedule_seen is not None and state.schedule_seen == (info, state.last_run):
+            # the same metadata object and the same newest run: the same answer as last time
+            return
+        state.schedule_seen = (info, state.last_run)
         kept: list[float] = []
         if _expected_to_run(info):
             fresh = list(info.upcoming_runs_at)
