@@ -214,8 +214,20 @@ class RunStore:
 
     def _plan(self, state: DeploymentState) -> SyncPlan:
         # A run awaiting its session has an immutable record: nothing to re-read by id.
-        in_flight = [r for r in state.in_flight() if r not in state.sessions]
-        oldest = min((state.runs[r].created_at for r in in_flight), default=None)
+        # One pass for the newest run and the runs in flight: this runs for every
+        # deployment that changed, each cycle.
+        in_flight: list[str] = []
+        newest: float | None = None
+        oldest: float | None = None
+        sessions = state.sessions
+        for rid, t in state.runs.items():
+            created = t.created_at
+            if newest is None or created > newest:
+                newest = created
+            if not t.accounted and rid not in sessions:
+                in_flight.append(rid)
+                if oldest is None or created < oldest:
+                    oldest = created
         reach = 0
         if oldest is not None:
             reach = sum(1 for t in state.runs.values() if t.created_at >= oldest)
@@ -224,7 +236,7 @@ class RunStore:
             known=frozenset(state.runs),
             in_flight=frozenset(in_flight),
             floor=state.floor,
-            watermark=state.watermark(),
+            watermark=newest,
             has_success=state.last_success is not None,
             reach=reach,
             awaiting=frozenset(state.sessions) if state.sessions else frozenset(),
@@ -415,9 +427,11 @@ class RunStore:
         if state is not None:
             cutoff = now - lookback
             for t in state.runs.values():
-                if t.created_at >= cutoff:
+                created = t.created_at
+                if created >= cutoff:
                     counts[t.status] += 1
-                    oldest = min(oldest, t.created_at)
+                    if created < oldest:  # not min(): a call per run of every changed view
+                        oldest = created
         return counts, oldest + lookback
 
     def oldest_in_flight(self, deployment_id: str) -> dict[str, float]:
