@@ -90,6 +90,9 @@ class Simulator:
             self._add(spec, created)
         with self._lock:
             self._sync()
+            # Sorted now, not in the first feed request: millions of runs take longer to
+            # sort than a client waits for an answer.
+            self._all_sorted()
 
     # -- settings
 
