@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import multiprocessing
+import os
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -27,6 +29,8 @@ from .common import log, median, status_kib, table
 
 TOKEN = "pt-bench"
 STARTUP_RPS = 1000.0
+# Set to a file name: the child writes there a cProfile of each poll (CPU figures inflate).
+PROFILE_ENV = "BENCH_POLL_PROFILE"
 
 
 def _child(conn: Connection, clock: Any, doc: dict[str, Any]) -> None:
@@ -46,9 +50,16 @@ def _child(conn: Connection, clock: Any, doc: dict[str, Any]) -> None:
             if poller.client.bucket.rate != rps:
                 poller.client.bucket = TokenBucket(rps)
             waits0 = poller.client.bucket.waits
+            profile = cProfile.Profile(time.process_time) if PROFILE_ENV in os.environ else None
             cpu0, wall0 = time.process_time(), time.perf_counter()
+            if profile is not None:
+                profile.enable()
             ok = poller.poll_once()
             wall1, cpu1 = time.perf_counter(), time.process_time()
+            if profile is not None:
+                profile.disable()
+                # the last poll's profile stays (the last measured quiet cycle)
+                profile.dump_stats(os.environ[PROFILE_ENV])
             rendered0 = exposition.fragments.rendered
             exposition.update(poller.snapshot)
             cpu2 = time.process_time()
@@ -166,10 +177,13 @@ def poll_time(
     interval: float = 60.0,
     seed: int = 1,
     page_size: int = 100,
+    history_s: float | None = None,
 ) -> list[PollResult]:
+    """history_s: how far back the simulated world begins (the simulator's 3 days if None)."""
     from qoder_exporter.simulator import Simulator
 
-    sim = Simulator(seed=seed, deployments=n, token=TOKEN)
+    extra = {} if history_s is None else {"history_s": history_s}
+    sim = Simulator(seed=seed, deployments=n, token=TOKEN, **extra)
     url = sim.serve("127.0.0.1", 0)
     out = []
     try:

@@ -139,8 +139,10 @@ class FeedReader:
             watermark = max(marks, default=None)
             foreign: dict[str, float] = {}
             for page in self._pages(None):
-                runs = self._parse(page)
+                runs = self._parse_new(page, plans, store)
                 for run in runs:
+                    if isinstance(run, _Settled):
+                        continue  # accounted already: applying it again changes nothing
                     if run.deployment_id in by_dep:
                         by_dep[run.deployment_id].runs.append(run)
                     elif (
@@ -164,6 +166,8 @@ class FeedReader:
             if len(stale) > 1:
                 self._find_stale(stale, by_dep, plans, store, now)
             for dep_id, fetched in by_dep.items():
+                if not plans[dep_id].in_flight:
+                    continue  # nothing to fetch by id (most deployments, most cycles)
                 refresh_in_flight(
                     self.client,
                     self.backoff,
@@ -186,8 +190,32 @@ class FeedReader:
             lambda c: self.client.list_all_runs(limit=self.limit.value, after_id=c, status=status)
         )
 
-    def _parse(self, page: Page) -> list[Run]:
-        return parse_records(page.data, run_parser(self.not_after), "run", self.count_invalid)
+    def _parse_new(
+        self, page: Page, plans: dict[str, SyncPlan], store: RunStore
+    ) -> list[Run | _Settled]:
+        """The page's runs, with those already accounted not parsed again.
+
+        Most of what the feed's head shows each cycle are runs counted in an earlier cycle;
+        their records cannot change what is counted (sync.RunStore.apply), so only their
+        id, deployment and the creation time we stored are kept, for _reached_known. Any
+        record that is not such a plain, known one is parsed (and checked) in full.
+        """
+        out: list[Run | _Settled] = []
+        fresh: list[Any] = []
+        for item in page.data:
+            if isinstance(item, dict):
+                run_id, dep_id = item.get("id"), item.get("deployment_id")
+                if isinstance(run_id, str) and isinstance(dep_id, str):
+                    plan = plans.get(dep_id)
+                    if plan is not None and plan.settled(run_id):
+                        tracked = store.deployments[dep_id].runs.get(run_id)
+                        if tracked is not None:
+                            out.append(_Settled(run_id, dep_id, tracked.created_at))
+                            continue
+            fresh.append(item)
+        if fresh:
+            out += parse_records(fresh, run_parser(self.not_after), "run", self.count_invalid)
+        return out
 
     def _find_stale(
         self,
@@ -243,11 +271,30 @@ class FeedReader:
         self._foreign = kept
 
     def _take(self, page: Page, stale: dict[str, str], by_dep: dict[str, Fetched]) -> None:
-        """Hand the stale runs a page holds to their deployments."""
-        for run in self._parse(page):
+        """Hand the stale runs a page holds to their deployments.
+
+        A jump page is read for the few stale runs in it: the other records are not parsed
+        (those with an id that is not a stale run's are not wanted here).
+        """
+        wanted = [
+            item
+            for item in page.data
+            if not (isinstance(item, dict) and isinstance(item.get("id"), str))
+            or item["id"] in stale
+        ]
+        for run in parse_records(wanted, run_parser(self.not_after), "run", self.count_invalid):
             dep_id = stale.pop(run.id, None)
             if dep_id is not None:
                 by_dep[dep_id].runs.append(run)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """A feed record of a run accounted already: where it lies, nothing more."""
+
+    id: str
+    deployment_id: str
+    created_at: float
 
 
 def _everything(deployment_id: str) -> bool:
@@ -255,7 +302,7 @@ def _everything(deployment_id: str) -> bool:
 
 
 def _reached_known(
-    runs: list[Run],
+    runs: list[Run | _Settled],
     plans: dict[str, SyncPlan],
     foreign: dict[str, float],
     floor: float,

@@ -47,7 +47,7 @@ MAX_LABEL_LENGTH = 256
 
 # RFC 3339 with 0-9 fractional digits; datetime.fromisoformat only takes up to 6 before 3.11.
 _TS = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
     r"(Z|z|[+-]\d{2}:\d{2})$"
 )
 
@@ -100,18 +100,45 @@ def parse_timestamp(value: object, field: str = "timestamp") -> float:
     m = _TS.match(value)
     if not m:
         raise ParseError(field, f"not an RFC 3339 timestamp: {value[:40]!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    frac, zone = m.group(7), m.group(8)
-    try:
-        base = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=timezone.utc)
-    except ValueError as exc:
-        raise ParseError(field, f"not a valid date: {value[:40]!r}") from exc
+    date, hour, minute, second, frac, zone = m.groups()
+    h, mi, sec = int(hour), int(minute), int(second)
+    day = _day_start(date)
+    if day is None or h > 23 or mi > 59:
+        raise ParseError(field, f"not a valid date: {value[:40]!r}")
     offset = 0
     if zone not in ("Z", "z"):
         sign = 1 if zone[0] == "+" else -1
         offset = sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
     fraction = int(frac) / 10 ** len(frac) if frac else 0.0
-    return base.timestamp() - offset + fraction
+    # a leap second (":60") reads as :59, as datetime cannot hold it
+    return day + (h * 3600 + mi * 60 + min(sec, 59)) - offset + fraction
+
+
+# The feed brings hundreds of thousands of timestamps from a few days: each day's start is
+# worked out (and the date checked) once. Bounded: a hostile server sending every date of
+# history would otherwise grow it for good.
+_DAYS: dict[str, float | None] = {}
+_MAX_DAYS = 4096
+
+
+def _day_start(date: str) -> float | None:
+    """Unix time of 00:00 UTC on an "YYYY-MM-DD" date, or None if no such date."""
+    known = _DAYS.get(date, _MISSING)
+    if known is not _MISSING:
+        return known  # type: ignore[return-value]
+    try:
+        start: float | None = datetime(
+            int(date[0:4]), int(date[5:7]), int(date[8:10]), tzinfo=timezone.utc
+        ).timestamp()
+    except ValueError:
+        start = None
+    if len(_DAYS) >= _MAX_DAYS:
+        _DAYS.clear()
+    _DAYS[date] = start
+    return start
+
+
+_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,7 +87,26 @@ def apply_mode(run: Run, mode: str) -> Run:
         return dataclasses.replace(
             run, status="completed", completed_at=run.created_at, session_id=None
         )
-    return dataclasses.replace(run, session_id=None)
+    return _without_session(run)
+
+
+def _without_session(run: Run) -> Run:
+    # dataclasses.replace, spelt out: every run of a first sync comes through here.
+    return Run(
+        id=run.id,
+        deployment_id=run.deployment_id,
+        created_at=run.created_at,
+        status=run.status,
+        completed_at=run.completed_at,
+        duration_s=run.duration_s,
+        started_at=run.started_at,
+        error_type=run.error_type,
+        trigger=run.trigger,
+        attempt=run.attempt,
+        triggered_at=run.triggered_at,
+        session_id=None,
+        has_status=run.has_status,
+    )
 
 
 def stop_reason_type(value: object) -> str | None:

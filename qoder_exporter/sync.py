@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .models import (
     IN_FLIGHT,
@@ -129,6 +129,9 @@ class DeploymentState:
     low: float = float("-inf")
     # plan()'s answer as of `version`: rebuilt only for deployments that changed.
     plan_cache: tuple[int, SyncPlan] | None = None
+    # note_schedule's last input (the deployment's metadata object, last_run): unchanged,
+    # the announced times are too, so a quiet cycle does not work them out again.
+    schedule_seen: tuple[Deployment, float | None] | None = None
 
     def watermark(self) -> float | None:
         """Creation time of the newest tracked run."""
@@ -151,6 +154,25 @@ class SyncPlan:
     # Tracked runs from the newest back to the oldest one in flight (0: none in flight):
     # how deep the first page must reach to show every in-flight run without a GET each.
     reach: int = 0
+    # Runs awaiting their sessions: known, not accounted, yet not re-read by id either.
+    awaiting: frozenset[str] = frozenset()
+
+    def with_floor(self, floor: float) -> SyncPlan:
+        """dataclasses.replace(self, floor=floor), spelt out: once per deployment per cycle."""
+        return SyncPlan(
+            self.initial,
+            self.known,
+            self.in_flight,
+            floor,
+            self.watermark,
+            self.has_success,
+            self.reach,
+            self.awaiting,
+        )
+
+    def settled(self, run_id: str) -> bool:
+        """True for a run accounted already: its record can no longer change what we count."""
+        return run_id in self.known and run_id not in self.in_flight and run_id not in self.awaiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,15 +210,31 @@ class RunStore:
         cached = state.plan_cache
         if cached is not None and cached[0] == state.version:
             plan = cached[1]
-            return plan if plan.floor == state.floor else replace(plan, floor=state.floor)
+            if plan.floor != state.floor:
+                # the window moved on (every cycle): keep the moved plan for the next call
+                plan = plan.with_floor(state.floor)
+                state.plan_cache = (state.version, plan)
+            return plan
         plan = self._plan(state)
         state.plan_cache = (state.version, plan)
         return plan
 
     def _plan(self, state: DeploymentState) -> SyncPlan:
         # A run awaiting its session has an immutable record: nothing to re-read by id.
-        in_flight = [r for r in state.in_flight() if r not in state.sessions]
-        oldest = min((state.runs[r].created_at for r in in_flight), default=None)
+        # One pass for the newest run and the runs in flight: this runs for every
+        # deployment that changed, each cycle.
+        in_flight: list[str] = []
+        newest: float | None = None
+        oldest: float | None = None
+        sessions = state.sessions
+        for rid, t in state.runs.items():
+            created = t.created_at
+            if newest is None or created > newest:
+                newest = created
+            if not t.accounted and rid not in sessions:
+                in_flight.append(rid)
+                if oldest is None or created < oldest:
+                    oldest = created
         reach = 0
         if oldest is not None:
             reach = sum(1 for t in state.runs.values() if t.created_at >= oldest)
@@ -205,9 +243,10 @@ class RunStore:
             known=frozenset(state.runs),
             in_flight=frozenset(in_flight),
             floor=state.floor,
-            watermark=state.watermark(),
+            watermark=newest,
             has_success=state.last_success is not None,
             reach=reach,
+            awaiting=frozenset(state.sessions) if state.sessions else frozenset(),
         )
 
     def apply(
@@ -233,6 +272,10 @@ class RunStore:
         """
         before = self.changes
         state = self.deployments.get(deployment_id)
+        if state is not None and not runs and not vanished:
+            # Most deployments show nothing new in a quiet cycle: only the window moves.
+            self.expire(deployment_id, now, lookback)
+            return ApplyResult(0, 0, 0)
         if state is None:
             state = self.deployments[deployment_id] = DeploymentState(floor=now - lookback)
             self.changes += 1
@@ -395,9 +438,11 @@ class RunStore:
         if state is not None:
             cutoff = now - lookback
             for t in state.runs.values():
-                if t.created_at >= cutoff:
+                created = t.created_at
+                if created >= cutoff:
                     counts[t.status] += 1
-                    oldest = min(oldest, t.created_at)
+                    if created < oldest:  # not min(): a call per run of every changed view
+                        oldest = created
         return counts, oldest + lookback
 
     def oldest_in_flight(self, deployment_id: str) -> dict[str, float]:
@@ -423,6 +468,10 @@ class RunStore:
         state = self.deployments.get(deployment_id)
         if state is None or info is None:
             return
+        if state.schedule_seen is not None and state.schedule_seen == (info, state.last_run):
+            # the same metadata object and the same newest run: the same answer as last time
+            return
+        state.schedule_seen = (info, state.last_run)
         kept: list[float] = []
         if _expected_to_run(info):
             fresh = list(info.upcoming_runs_at)

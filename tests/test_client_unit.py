@@ -173,3 +173,22 @@ def test_server_date_follows_the_simulated_clock(sim: Simulator, client: QoderCl
     client.list_deployments()
     now = client.server_now()
     assert now is not None and abs(now - sim.clock.now()) < 2
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "proxied"), [("", True), ("api.example.test", False), ("example.test", False)]
+)
+def test_own_session_reads_the_proxy_environment_once(
+    monkeypatch: pytest.MonkeyPatch, no_proxy: str, proxied: bool
+) -> None:
+    """The proxies and CA bundle requests would read at each request are read at start."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.test:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
+    url = "https://api.example.test/api/v1/cloud"
+    session = QoderClient(url, Secret(TOKEN)).session
+    assert not session.trust_env
+    expected = requests.Session().merge_environment_settings(url, {}, None, None, None)
+    assert session.proxies.get("https") == expected["proxies"].get("https")
+    assert (session.proxies.get("https") is not None) is proxied
+    assert session.verify == expected["verify"] == "/etc/ssl/bundle.pem"

@@ -25,6 +25,7 @@ from .world import Deployment, DeploymentSpec, Run, default_specs
 
 DEFAULT_START = 1781395200.0  # 2026-06-14T00:00:00Z, the day the doc examples were captured
 SHAPES: dict[str, RunShape] = {"g1": G1Shape(), "g2": G2Shape()}
+_CREATION_SPAN_NS = 86400 * NS
 
 
 class Simulator:
@@ -76,15 +77,22 @@ class Simulator:
         else:
             specs = list(deployments)
         history_begin = self._start_ns - to_ns(history_s)
+        # Deployments are created a minute apart before the history begins, within a day at
+        # most: 10,000 a minute apart would reach a week further back, and the world would
+        # hold that week of runs of every deployment (superlinear in the deployments).
+        spacing = min(61 * NS, _CREATION_SPAN_NS // max(len(specs), 1))
         for i, spec in enumerate(specs):
             base = history_begin
             if spec.succeeds_until is not None:
                 # reach back far enough that the last success is in the history
                 base = min(base, to_ns(spec.succeeds_until) - 12 * 3600 * NS)
-            created = base - (len(specs) - i) * 61 * NS - (i * 7919 % 1000) * MS
+            created = base - (len(specs) - i) * spacing - (i * 7919 % 1000) * MS
             self._add(spec, created)
         with self._lock:
             self._sync()
+            # Sorted now, not in the first feed request: millions of runs take longer to
+            # sort than a client waits for an answer.
+            self._all_sorted()
 
     # -- settings
 

@@ -29,10 +29,27 @@ def to_ns(t: float) -> int:
 def fmt(ns: int, whole: bool = False) -> str:
     """Format ns as RFC 3339 UTC, Go RFC3339Nano style (trailing zeros trimmed) unless whole."""
     sec, frac = divmod(ns, NS)
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    minute, second = divmod(sec, 60)
+    head = _MINUTES.get(minute)
+    if head is None:
+        head = _minute_text(minute)
+    text = head + _SECONDS[second]
     if frac and not whole:
         text += "." + f"{frac:09d}".rstrip("0")
     return text + "Z"
+
+
+# Large worlds render millions of timestamps from a few days: each minute's text is made once.
+_MINUTES: dict[int, str] = {}
+_SECONDS = tuple(f"{s:02d}" for s in range(60))
+
+
+def _minute_text(minute: int) -> str:
+    """ "YYYY-MM-DDTHH:MM:" of a minute since the epoch."""
+    if len(_MINUTES) > 100_000:
+        _MINUTES.clear()
+    text = _MINUTES[minute] = time.strftime("%Y-%m-%dT%H:%M:", time.gmtime(minute * 60))
+    return text
 
 
 def parse_rfc3339(text: str) -> int | None:
