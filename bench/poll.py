@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
 import multiprocessing
 import os
 import time
@@ -33,14 +34,32 @@ STARTUP_RPS = 1000.0
 PROFILE_ENV = "BENCH_POLL_PROFILE"
 
 
+class _GCTime:
+    """Seconds (wall, single-threaded here) the cyclic garbage collector ran."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._began = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._began
+
+
 def _child(conn: Connection, clock: Any, doc: dict[str, Any]) -> None:
     from qoder_exporter.client import TokenBucket
     from qoder_exporter.collector import Exposition
     from qoder_exporter.config import config_from_dict
+    from qoder_exporter.heap import Heap
     from qoder_exporter.poller import Poller
 
     poller = Poller(config_from_dict(doc, env={}), clock=lambda: float(clock.value))
     exposition = Exposition(poller.snapshot, time.time)
+    in_gc = _GCTime()
+    heap = Heap()
     try:
         while True:
             command = conn.recv()
@@ -51,6 +70,7 @@ def _child(conn: Connection, clock: Any, doc: dict[str, Any]) -> None:
                 poller.client.bucket = TokenBucket(rps)
             waits0 = poller.client.bucket.waits
             profile = cProfile.Profile(time.process_time) if PROFILE_ENV in os.environ else None
+            gc0 = in_gc.seconds
             cpu0, wall0 = time.process_time(), time.perf_counter()
             if profile is not None:
                 profile.enable()
@@ -62,6 +82,7 @@ def _child(conn: Connection, clock: Any, doc: dict[str, Any]) -> None:
                 profile.dump_stats(os.environ[PROFILE_ENV])
             rendered0 = exposition.fragments.rendered
             exposition.update(poller.snapshot)
+            heap.settle()  # as Poller.run does after each poll
             cpu2 = time.process_time()
             text = exposition.body(openmetrics=False, compress=False)
             conn.send(
@@ -71,6 +92,7 @@ def _child(conn: Connection, clock: Any, doc: dict[str, Any]) -> None:
                     "wall": wall1 - wall0,
                     "cpu_poll": cpu1 - cpu0,
                     "cpu_render": cpu2 - cpu1,
+                    "gc": in_gc.seconds - gc0,  # of poll and render, in the garbage collector
                     "rate_waits": poller.client.bucket.waits - waits0,
                     "tracked": poller.store.size(),
                     "rss_kib": status_kib("VmRSS"),
