@@ -172,6 +172,9 @@ class Family:
     kind: str  # gauge, counter or histogram (prometheus_client's type names)
     doc: str
     render: Callable[[DeploymentView, Dep, tuple[float, ...]], str]
+    # The DeploymentView fields render reads (besides id): a changed deployment's family
+    # whose inputs are equal keeps its lines (tests/test_collector.py changes each field).
+    inputs: tuple[str, ...] = ()
 
 
 def _info(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
@@ -323,12 +326,14 @@ FAMILIES: tuple[Family, ...] = (
         "gauge",
         "Watched deployment, value 1; join on deployment_id for its name.",
         _info,
+        ("info",),
     ),
     Family(
         "qoder_deployment_recent_runs",
         "gauge",
         "Runs triggered within the lookback window, by current status.",
         _recent,
+        ("recent",),
     ),
     Family(
         "qoder_deployment_runs",
@@ -336,36 +341,45 @@ FAMILIES: tuple[Family, ...] = (
         "Runs that reached a terminal status while the exporter watched, each counted once, "
         "by trigger_context.type (schedule, manual, retry, other).",
         _runs,
+        (
+            "by_trigger",
+            "totals",
+        ),
     ),
     Family(
         "qoder_deployment_run_duration_seconds",
         "histogram",
         "Duration of finished runs (duration_ms), each observed once.",
         _durations,
+        ("durations",),
     ),
     Family(
         "qoder_deployment_last_success_timestamp_seconds",
         "gauge",
         "completed_at of the newest completed run, even if older than the lookback window.",
         _optional("qoder_deployment_last_success_timestamp_seconds", lambda d: d.last_success),
+        ("last_success",),
     ),
     Family(
         "qoder_deployment_last_run_status",
         "gauge",
         "1 for the status of the newest finished run, 0 for the others.",
         _last_status,
+        ("last_finished_status",),
     ),
     Family(
         "qoder_deployment_run_errors",
         "counter",
         "Failed runs by error.type (the documented types; any other is other).",
         _errors,
+        ("errors",),
     ),
     Family(
         "qoder_deployment_paused",
         "gauge",
         "1 when the deployment is paused; reason is manual, error (auto-paused) or none.",
         _paused,
+        ("info",),
     ),
     Family(
         "qoder_deployment_run_retried_failures",
@@ -373,6 +387,7 @@ FAMILIES: tuple[Family, ...] = (
         "Failed runs the API retries (cas_run_extras.attempt <= max_retries); "
         "final failures are runs_total{status=failed} minus these.",
         _always("qoder_deployment_run_retried_failures_total", lambda d: d.retried_failures),
+        ("retried_failures",),
     ),
     Family(
         "qoder_deployment_consecutive_failures",
@@ -380,6 +395,7 @@ FAMILIES: tuple[Family, ...] = (
         "Final failed runs in a row (creation order) since the last completed run, "
         "counted by the exporter; skipped runs leave it unchanged.",
         _always("qoder_deployment_consecutive_failures", lambda d: d.consecutive_failures),
+        ("consecutive_failures",),
     ),
     Family(
         "qoder_deployment_api_consecutive_failures",
@@ -394,18 +410,21 @@ FAMILIES: tuple[Family, ...] = (
                 else float(d.info.consecutive_failures)
             ),
         ),
+        ("info",),
     ),
     Family(
         "qoder_deployment_last_run_timestamp_seconds",
         "gauge",
         "created_at of the newest run seen, any status.",
         _optional("qoder_deployment_last_run_timestamp_seconds", lambda d: d.last_run),
+        ("last_run",),
     ),
     Family(
         "qoder_deployment_last_failure_timestamp_seconds",
         "gauge",
         "completed_at (else created_at) of the newest failed run.",
         _optional("qoder_deployment_last_failure_timestamp_seconds", lambda d: d.last_failure),
+        ("last_failure",),
     ),
     Family(
         "qoder_deployment_next_trigger_timestamp_seconds",
@@ -416,6 +435,7 @@ FAMILIES: tuple[Family, ...] = (
             "qoder_deployment_next_trigger_timestamp_seconds",
             lambda d: d.info.next_trigger if d.info is not None else None,
         ),
+        ("info",),
     ),
     Family(
         "qoder_deployment_expected_run_timestamp_seconds",
@@ -424,6 +444,7 @@ FAMILIES: tuple[Family, ...] = (
         "on time, stuck at the missed slot when the schedule stops firing. Absent for "
         "manual, paused and archived deployments.",
         _optional("qoder_deployment_expected_run_timestamp_seconds", lambda d: d.expected_run),
+        ("expected_run",),
     ),
     Family(
         "qoder_deployment_archived",
@@ -433,6 +454,7 @@ FAMILIES: tuple[Family, ...] = (
             "qoder_deployment_archived",
             lambda d: 1.0 if d.info is not None and d.info.archived else 0.0,
         ),
+        ("info",),
     ),
     Family(
         "qoder_deployment_run_queue_seconds",
@@ -440,6 +462,7 @@ FAMILIES: tuple[Family, ...] = (
         "Queue time of finished runs (cas_run_extras.started_at - triggered_at), "
         "each observed once, where the API gives both.",
         _queue,
+        ("queue",),
     ),
     Family(
         "qoder_deployment_run_failure_reasons",
@@ -448,6 +471,7 @@ FAMILIES: tuple[Family, ...] = (
         "blocked, terminated, cancelled, session_error, unknown); failures of runs that "
         "could not start are in run_errors_total by error_type.",
         _reasons,
+        ("reasons",),
     ),
     Family(
         "qoder_deployment_run_tokens",
@@ -455,6 +479,7 @@ FAMILIES: tuple[Family, ...] = (
         "Tokens of finished runs' sessions (final usage), added once per run, by kind; "
         "only the kinds the API reports.",
         _tokens,
+        ("tokens",),
     ),
     Family(
         "qoder_deployment_run_session_tokens",
@@ -462,24 +487,28 @@ FAMILIES: tuple[Family, ...] = (
         "Tokens per finished run (the sum of the kinds its session's final usage gives), "
         "each run observed once; absent until a run's session gives tokens.",
         _session_tokens,
+        ("session_tokens",),
     ),
     Family(
         "qoder_deployment_run_credits",
         "counter",
         "Credits (usage.total_credits) of finished runs' sessions, added once per run.",
         _optional("qoder_deployment_run_credits_total", lambda d: d.credits),
+        ("credits",),
     ),
     Family(
         "qoder_deployment_run_list_cost_usd",
         "counter",
         "List price in USD (usage.list_cost) of finished runs' sessions, added once per run.",
         _optional("qoder_deployment_run_list_cost_usd_total", lambda d: d.list_cost_usd),
+        ("list_cost_usd",),
     ),
     Family(
         "qoder_deployment_sync_success",
         "gauge",
         "1 when the last poll of this deployment's runs succeeded.",
         _always("qoder_deployment_sync_success", lambda d: 1.0 if d.sync_ok else 0.0),
+        ("sync_ok",),
     ),
 )
 
@@ -541,6 +570,14 @@ def headers(families: Sequence[Family]) -> tuple[list[bytes], list[bytes]]:
     return text, om
 
 
+def _getter(names: tuple[str, ...]) -> Callable[[DeploymentView], object]:
+    return attrgetter(*names) if names else _nothing
+
+
+def _nothing(_: DeploymentView) -> None:
+    return None
+
+
 # One account's views: its name (the `account` label; None without accounts) and views.
 Group = tuple[str | None, Sequence[DeploymentView]]
 
@@ -551,6 +588,7 @@ class FragmentCache:
 
     def __init__(self, families: Sequence[Family] | None = None) -> None:
         self.families = families_for() if families is None else tuple(families)
+        self._inputs = [_getter(f.inputs) for f in self.families]
         self.rendered = 0
         # (account, deployment id) -> (view, bounds, fragments)
         self._cache: dict[
@@ -574,19 +612,36 @@ class FragmentCache:
             for view in views:
                 key = (account, view.id)
                 hit = old.get(key)
-                if hit is not None and hit[1] == bounds and renders_same(hit[0], view):
+                if hit is None or hit[1] != bounds:
+                    frags = self._render(account, view, bounds)
+                    dirty = None  # a new deployment, or new buckets: every family
+                elif renders_same(hit[0], view):
                     frags = hit[2]
                 else:
-                    frags = self._render(account, view, bounds)
+                    frags = self._rerender(account, hit[0], hit[2], view, bounds)
                     if dirty is not None:
-                        if hit is None:
-                            dirty = None
-                        else:
-                            dirty.update(i for i, f in enumerate(frags) if f != hit[2][i])
+                        dirty.update(i for i, f in enumerate(frags) if f is not hit[2][i])
                 new[key] = (view, bounds, frags)
                 out.append(frags)
         self._cache, self._keys = new, keys
         return out, dirty
+
+    def _rerender(
+        self,
+        account: str | None,
+        old: DeploymentView,
+        frags: tuple[bytes, ...],
+        view: DeploymentView,
+        bounds: tuple[float, ...],
+    ) -> tuple[bytes, ...]:
+        """A changed deployment: only the families whose inputs changed are written again
+        (a finished run changes about a third of them)."""
+        self.rendered += 1
+        dep = Dep.of(view.id, account)
+        return tuple(
+            frag if inputs(old) == inputs(view) else f.render(view, dep, bounds).encode()
+            for f, inputs, frag in zip(self.families, self._inputs, frags, strict=True)
+        )
 
     def _render(
         self, account: str | None, view: DeploymentView, bounds: tuple[float, ...]

@@ -20,6 +20,7 @@ from qoder_exporter.models import RUN_ERROR_TYPES, Deployment
 from qoder_exporter.simulator import Simulator
 from qoder_exporter.snapshot import DeploymentView, HistogramData, Snapshot
 from qoder_exporter.snapshot_builder import build_snapshot
+from qoder_exporter.sync import QUEUE_BUCKETS, SESSION_TOKEN_BUCKETS
 
 GOLDEN = Path(__file__).parent / "testdata" / "golden.prom"
 NOW = 1_781_400_000.0
@@ -449,3 +450,56 @@ def test_kept_views_and_plans_equal_fresh_ones_across_polls(sim: Simulator, poll
         assert expo.body(openmetrics=om, compress=False) == fresh_expo.body(
             openmetrics=om, compress=False
         )
+
+
+# A value for each field the exposition shows, different from the varied snapshot's second
+# deployment's: each must reach /metrics after an incremental render.
+_CHANGED_FIELDS = {
+    "info": Deployment(id="x", name="renamed", status="paused", agent_id="a2", schedule="@hourly"),
+    "recent": {"running": 3, "failed": 1},
+    "totals": {"completed": 40},
+    "durations": {"completed": HistogramData((1,) * (len(fixed_snapshot().buckets) + 1), 7.5)},
+    "errors": {"agent_archived_error": 2},
+    "last_success": 1.5e9,
+    "last_finished_status": "completed",
+    "sync_ok": True,
+    "by_trigger": {("failed", "manual"): 5},
+    "retried_failures": 11,
+    "queue": HistogramData((2,) * (len(QUEUE_BUCKETS) + 1), 3.25),
+    "consecutive_failures": 4,
+    "last_run": 1.6e9,
+    "last_failure": 1.7e9,
+    "expected_run": 1.8e9,
+    "reasons": {"cancelled": 2},
+    "tokens": {"input": 123},
+    "credits": 9.5,
+    "list_cost_usd": 0.75,
+    "session_tokens": HistogramData((1,) * (len(SESSION_TOKEN_BUCKETS) + 1), 2000.0),
+}
+
+
+def test_a_change_to_any_shown_field_reaches_the_body() -> None:
+    """A changed deployment keeps the lines of the families whose inputs did not change:
+    every field the exposition shows must be among some family's inputs."""
+    from qoder_exporter.fragments import _RENDERED
+
+    assert set(_CHANGED_FIELDS) == set(_RENDERED) - {"id"}
+    snap = _varied_snapshot()
+    expo = Exposition(snap, lambda: NOW)
+    for name, value in _CHANGED_FIELDS.items():
+        deps = list(snap.deployments)
+        assert getattr(deps[1], name) != value, name
+        deps[1] = replace(deps[1], **{name: value})
+        changed = replace(snap, deployments=tuple(deps))
+        expo.update(changed)
+        for om in (False, True):
+            assert _static(expo.body(openmetrics=om, compress=False)) == _reference(
+                changed, openmetrics=om
+            ), name
+            assert gzip.decompress(expo.body(openmetrics=om, compress=True)) == expo.body(
+                openmetrics=om, compress=False
+            )
+        expo.update(snap)
+        assert _static(expo.body(openmetrics=False, compress=False)) == _reference(
+            snap, openmetrics=False
+        ), f"{name} back"
