@@ -218,7 +218,7 @@ def _duration_statuses(d: DeploymentView) -> list[str]:
     return sorted(set(_OBSERVED) | set(d.durations))
 
 
-def _durations(d: DeploymentView, dep: Dep, bounds: tuple[float, ...]) -> str:
+def _durations(d: DeploymentView, dep: Dep, bounds: tuple[float, ...], drop: str = "") -> str:
     return "".join(
         _histogram(
             "qoder_deployment_run_duration_seconds",
@@ -228,6 +228,7 @@ def _durations(d: DeploymentView, dep: Dep, bounds: tuple[float, ...]) -> str:
             d.durations.get(s),
         )
         for s in _duration_statuses(d)
+        if s != drop
     )
 
 
@@ -273,17 +274,7 @@ def _paused(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
 
 def _failed_dropped(d: DeploymentView, dep: Dep, bounds: tuple[float, ...]) -> str:
     # metrics.failed_duration_histogram: false: the completed (and any other) series only.
-    return "".join(
-        _histogram(
-            "qoder_deployment_run_duration_seconds",
-            dep,
-            (("status", escape(s)),),
-            bounds,
-            d.durations.get(s),
-        )
-        for s in _duration_statuses(d)
-        if s != "failed"
-    )
+    return _durations(d, dep, bounds, drop="failed")
 
 
 def _reasons(d: DeploymentView, dep: Dep, _: tuple[float, ...]) -> str:
