@@ -583,7 +583,7 @@ class _AgeLines:
         )
         kept, new = self._kept, {}
         for part in snap.accounts or (snap,):
-            account = part.account if snap.accounts else None
+            account = (part.account or "") if snap.accounts else None
             for d in part.deployments:
                 key = (account, d.id)
                 pre = kept.get(key) or _prefixes(account, d.id)
@@ -746,7 +746,7 @@ class Exposition:
             self._families = []
         # With accounts, each account's deployments in turn, labelled with its name.
         parts = snapshot.accounts or (snapshot,)
-        groups = [(p.account if snapshot.accounts else None, p.deployments) for p in parts]
+        groups = [((p.account or "") if snapshot.accounts else None, p.deployments) for p in parts]
         frags, dirty = self.fragments.fragments(groups, snapshot.buckets)
         kept = self.fragments.families
         # watched_missing (last when kept) also lists the configured deployments missing.

@@ -192,7 +192,9 @@ def _count(value: object) -> int | None:
 def _number(value: object, top: float) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    number = float(value)
+    # + 0.0: a JSON -0.0 is 0 (the exposition would write "-0.0", and the cached body takes
+    # -0.0 and 0.0 for the same value).
+    number = float(value) + 0.0
     return number if math.isfinite(number) and 0 <= number <= top else None
 
 

@@ -16,7 +16,7 @@ from .backoff import Backoff, Paused
 from .client import AuthenticationError, QoderClient, QoderError
 from .config import Config
 from .cycle import CycleFailed
-from .heap import Heap
+from .heap import HEAP
 from .models import Deployment
 from .parts import build_parts, new_client, new_executor, refresh_limit, replace_client
 from .selfmetrics import PollStats, SelfMetrics
@@ -107,11 +107,10 @@ class Poller:
 
     def run(self, stop: threading.Event) -> None:
         """Poll every poll_interval until stop is set."""
-        heap = Heap()
         while not stop.is_set():
             began = time.monotonic()
             self.poll_once()
-            heap.settle()
+            HEAP.settle()
             due = began + self.config.poll_interval
             self._wait(stop, max(due, time.monotonic() + self.backoff.left()))
 

@@ -222,3 +222,11 @@ def test_modes() -> None:
     assert apply_mode(status_bearing, "auto").session_id is None
     assert apply_mode(status_bearing, "auto").status == "completed"
     assert apply_mode(status_bearing, "always").status == "running"
+
+
+def test_negative_zero_credits_read_as_zero() -> None:
+    """prometheus_client writes -0.0 as "-0.0"; the cached body must not have two zeros."""
+    import math
+
+    credits = parse_usage({"total_credits": -0.0}).credits
+    assert credits == 0.0 and math.copysign(1.0, credits) == 1.0
