@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -110,12 +111,28 @@ def test_demo_serves_live_metrics_and_stops_on_sigterm() -> None:
     )
     try:
         port = announced_port(proc)
+        # The rest of its log, drained so the exporter never blocks on a full pipe, and
+        # shown if the wait fails (it once stalled for 30 s, cause unknown).
+        log: list[str] = []
+        assert proc.stderr is not None
+        threading.Thread(target=lambda: log.extend(proc.stderr or ()), daemon=True).start()
+        last: list[str] = []
 
         def up() -> str | None:
             text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            last[:] = [ln for ln in text.splitlines() if ln.startswith(("qoder_up", "qoder_ex"))]
             return text if "qoder_up 1.0" in text else None
 
-        body = eventually(up, 30, "the demo serves qoder_up 1.0")
+        body = eventually(
+            up,
+            30,
+            lambda: (
+                "the demo serves qoder_up 1.0; its log since:\n"
+                + "".join(log[-40:])
+                + "\nits self-metrics:\n"
+                + "\n".join(last[:60])
+            ),
+        )
         families = {f.name: f for f in text_string_to_metric_families(body)}
         assert families["qoder_up"].samples[0].value == 1.0
         recent = sum(s.value for s in families["qoder_deployment_recent_runs"].samples)
