@@ -574,8 +574,8 @@ Group = tuple[str | None, Sequence[DeploymentView]]
 
 
 class FragmentCache:
-    """Each deployment's fragments (one string per family), kept while its view renders the
-    same; `rendered` counts the deployments rendered (tests count calls, not time)."""
+    """Each deployment's fragments (its lines of each family, UTF-8), kept while its view
+    renders the same; `rendered` counts the deployments rendered (tests count calls)."""
 
     def __init__(self, families: Sequence[Family] | None = None) -> None:
         self.families = families_for() if families is None else tuple(families)
