@@ -503,10 +503,6 @@ class SnapshotCollector:
         return families(self.snapshot)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 @dataclass(frozen=True, slots=True)
 class _Rendered:
     text: _Lazy
@@ -560,7 +556,7 @@ _Prefixes = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def _prefixes(account: str | None, deployment_id: str) -> _Prefixes:
-    labels = f'{_account_label(account)}deployment_id="{_escape(deployment_id)}"'
+    labels = fragments.Dep.of(deployment_id, account).text
     in_flight = []
     for status in _IN_FLIGHT:
         begin = f'{_IN_FLIGHT_AGE}{{{labels},status="{status}"}} '
@@ -601,11 +597,6 @@ class _AgeLines:
         self._kept = new
         keeps = snap.metrics.filter.keeps
         return tuple(f.done() for f in (success, in_flight) if keeps(f.header.split(" ", 3)[2]))
-
-
-def _account_label(account: str | None) -> str:
-    """The account label pair and a comma, to put before deployment_id; "" without accounts."""
-    return "" if account is None else f'account="{_escape(account)}",'
 
 
 def _render_failures_family(count: int) -> CounterMetricFamily:
@@ -813,9 +804,8 @@ def _with_missing(
     for (account, views), gone in zip(groups, missing, strict=True):
         out.extend(f[i] for f in frags[at : at + len(views)])
         at += len(views)
-        label = _account_label(account)
-        line = 'qoder_deployment_watched_missing{%sdeployment_id="%s"} 1.0\n'
-        out.extend((line % (label, _escape(d))).encode() for d in gone)
+        name = "qoder_deployment_watched_missing"
+        out.extend(f"{name}{{{fragments.Dep.of(d, account).text}}} 1.0\n".encode() for d in gone)
     return b"".join(out)
 
 
