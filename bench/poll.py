@@ -22,6 +22,7 @@ import gc
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -200,12 +201,15 @@ def poll_time(
     seed: int = 1,
     page_size: int = 100,
     history_s: float | None = None,
+    world: Callable[[int, int, float], list[Any]] | None = None,
 ) -> list[PollResult]:
-    """history_s: how far back the simulated world begins (the simulator's 3 days if None)."""
+    """history_s: how far back the simulated world begins (the simulator's 3 days if None);
+    world(n, seed, history_s): the deployments' specs (the simulator's default if None)."""
     from qoder_exporter.simulator import Simulator
 
     extra = {} if history_s is None else {"history_s": history_s}
-    sim = Simulator(seed=seed, deployments=n, token=TOKEN, **extra)
+    specs: int | list[Any] = n if world is None else world(n, seed, history_s or 3 * 86400.0)
+    sim = Simulator(seed=seed, deployments=specs, token=TOKEN, **extra)
     url = sim.serve("127.0.0.1", 0)
     out = []
     try:

@@ -170,11 +170,26 @@ def test_discover_diagnosis_names_the_costs() -> None:
 
 
 def test_scale_bench_is_well_formed() -> None:
-    (result,) = scale.run([6], cycles=1, settle=1)
-    (cycle,) = result.cycles
-    assert cycle["series"] > 6 and 0 < cycle["gzip_bytes"] < cycle["body_bytes"]
-    assert 0 <= cycle["deployments_rendered"] <= 6  # never more than the deployments
-    assert "| 6 " in scale.report([result])
+    cron, busy = scale.run([6], cycles=1, settle=1)
+    assert (cron.world, busy.world) == ("cron", "busy")
+    for result in (cron, busy):
+        (cycle,) = result.result.cycles
+        assert cycle["series"] > 6 and 0 < cycle["gzip_bytes"] < cycle["body_bytes"]
+        assert 0 <= cycle["deployments_rendered"] <= 6  # never more than the deployments
+    assert "| cron  | 6 " in scale.report([cron, busy])
+
+
+def test_the_cron_world_keeps_the_deployments_and_spreads_their_schedules() -> None:
+    from qoder_exporter.simulator.world import default_specs
+
+    specs = scale.cron_world(400, 1, 86400.0)
+    plain = default_specs(400, 1, 0.0, False, 86400.0)
+    assert [s.name for s in specs] == [s.name for s in plain]
+    scheduled = [s for s in specs if s.interval_s is not None]
+    hourly = [s for s in scheduled if s.interval_s == 3600.0]
+    assert 0.5 < len(hourly) / len(scheduled) < 0.7
+    assert all(0 <= s.phase_s < (s.interval_s or 0) for s in scheduled)
+    assert len({s.phase_s for s in hourly}) > 40  # at many cron minutes, not all at :00
 
 
 def test_render_bench_quiet_poll_renders_nothing_again() -> None:

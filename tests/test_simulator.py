@@ -377,6 +377,29 @@ def test_schedule_matches_cron_and_runs_fire_on_the_grid(world: World) -> None:
     assert checked > 100
 
 
+def test_a_schedule_at_a_cron_minute_fires_there(make_sim: Factory) -> None:
+    """phase_s: an hourly schedule at minute 17 and a daily one at 09:30, as cron has them."""
+    specs = [
+        DeploymentSpec("hourly-17", 3600.0, phase_s=17 * 60.0),
+        DeploymentSpec("daily-0930", 86400.0, phase_s=9.5 * 3600),
+    ]
+    sim, api = make_sim(deployments=specs, history_s=2 * 86400.0)
+    sim.advance(86400.0)
+    for d in api.walk("/deployments", limit=100):
+        step, at, cron = {
+            "hourly-17": (3600, 17 * 60, "17 * * * *"),
+            "daily-0930": (86400, 9.5 * 3600, "30 9 * * *"),
+        }[d["name"]]
+        assert d["schedule"]["expression"] == cron
+        upcoming = [ts_ns(t) for t in d["schedule"]["upcoming_runs_at"]]
+        assert all(t % (step * NS) == at * NS for t in upcoming)
+        runs = api.walk(f"/deployments/{d['id']}/runs", limit=100)
+        assert len(runs) >= 2
+        for run in runs:
+            offset = (ts_ns(run["created_at"]) - int(at * NS)) % (step * NS)
+            assert 0 <= offset <= 3 * NS, (d["name"], run["created_at"])
+
+
 def test_deployment_stats_agree_with_runs(world: World) -> None:
     for d in world.deployments:
         runs = world.runs[d["id"]]

@@ -31,11 +31,11 @@ def deployment_json(dep: Deployment, now: int) -> JSON:
     schedule: JSON | None = None
     upcoming: list[str] = []
     if dep.interval_ns is not None:
-        first = (now // dep.interval_ns + 1) * dep.interval_ns
+        first = dep.grid_after(now)
         upcoming = [fmt(first + i * dep.interval_ns, whole=True) for i in range(5)]
         schedule = {
             "type": "cron",
-            "expression": cron_for(dep.interval_ns / NS),
+            "expression": cron_for(dep.interval_ns / NS, dep.phase_ns / NS),
             "timezone": "UTC",
             "upcoming_runs_at": upcoming,
         }

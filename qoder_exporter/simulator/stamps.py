@@ -86,8 +86,8 @@ def quantize(ns: int, digits: int) -> int:
     return ns - ns % q
 
 
-def cron_for(interval_s: float) -> str:
-    """Return a plausible 5-field cron expression for a fixed interval."""
+def cron_for(interval_s: float, phase_s: float = 0.0) -> str:
+    """Return a plausible 5-field cron expression for a fixed interval fired at a phase."""
     # 5-field cron has minute resolution; sub-minute demo intervals are shown as "every minute"
     # and intervals that cron cannot express exactly get the nearest minute step.
     minutes = max(1, round(interval_s / 60))
@@ -95,10 +95,12 @@ def cron_for(interval_s: float) -> str:
         return "* * * * *"
     if minutes < 60:
         return f"*/{minutes} * * * *"
+    at = round(phase_s / 60)
     if minutes % 1440 == 0:
         days = minutes // 1440
-        return "0 0 * * *" if days == 1 else f"0 0 */{days} * *"
+        when = f"{at % 60} {at // 60 % 24}"
+        return f"{when} * * *" if days == 1 else f"{when} */{days} * *"
     if minutes % 60 == 0:
         hours = minutes // 60
-        return "0 * * * *" if hours == 1 else f"0 */{hours} * * *"
+        return f"{at % 60} * * * *" if hours == 1 else f"{at % 60} */{hours} * * *"
     return f"{minutes % 60} * * * *"

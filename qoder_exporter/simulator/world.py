@@ -59,6 +59,9 @@ class DeploymentSpec:
     # Extension: weights of how this deployment's sessions end (sessions.SESSION_OUTCOMES);
     # None: the world's SessionOptions.weights.
     session_outcomes: dict[str, float] | None = None
+    # Extension: where in its interval the schedule fires, as a cron minute does ("17 * * * *"
+    # is an hourly interval at phase 17 min); 0 fires on the interval's multiples of the epoch.
+    phase_s: float = 0.0
 
 
 class Run:
@@ -162,12 +165,18 @@ class Deployment:
         self.interval_ns = None if spec.interval_s is None else to_ns(spec.interval_s)
         # jitter stays far below the interval so scheduled runs keep their order
         self.jitter_ns = 0 if self.interval_ns is None else min(3 * NS, self.interval_ns // 10)
+        self.phase_ns = 0 if self.interval_ns is None else to_ns(spec.phase_s) % self.interval_ns
         self.next_grid_ns = INF
         self.next_sched_ns = INF
         if self.interval_ns is not None:
-            self.next_grid_ns = (created_ns // self.interval_ns + 1) * self.interval_ns
+            self.next_grid_ns = self.grid_after(created_ns)
             self.next_sched_ns = self._draw_sched()
         self.next_manual_ns = self._draw_manual(created_ns)
+
+    def grid_after(self, ns: int) -> int:
+        """The first schedule tick after ns (the interval's grid, shifted by the phase)."""
+        assert self.interval_ns is not None
+        return ((ns - self.phase_ns) // self.interval_ns + 1) * self.interval_ns + self.phase_ns
 
     def _stamp(self, ns: int) -> int:
         """Quantize a timestamp to a randomly chosen precision (0, 3, 6 or 9 digits)."""
