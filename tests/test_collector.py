@@ -416,6 +416,48 @@ def test_second_render_re_renders_only_the_changed_deployment() -> None:
     assert expo.fragments.rendered == len(snap.deployments) + 1
 
 
+def test_gzip_blocks_are_compressed_again_only_where_lines_changed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With blocks of a few deployments, a poll that changes one deployment keeps the other
+    blocks' gzip members; the body stays exact through changes, additions and removals."""
+    from qoder_exporter import collector
+
+    monkeypatch.setattr(collector, "_BLOCK_BYTES", 600)
+    base = _varied_snapshot().deployments
+    deps = [replace(base[i % len(base)], id=f"dep_{i:03}") for i in range(40)]
+
+    def snap_of(views: list[DeploymentView]) -> Snapshot:
+        return replace(_varied_snapshot(), deployments=tuple(views))
+
+    def members(expo: Exposition) -> dict[int, bytes]:
+        # the members themselves are held, so no id is reused while compared
+        return {id(b.gz): b.gz for f in expo._families for b in f.blocks}
+
+    expo = Exposition(snap_of(deps), lambda: NOW)
+    assert max(len(f.blocks) for f in expo._families) >= 10
+    steps = [
+        lambda d: d.__setitem__(17, replace(d[17], recent={"running": 99})),
+        lambda d: d.__setitem__(3, replace(d[3], errors={"other_error": 4})),
+        lambda d: d.insert(20, replace(base[0], id="dep_020a")),
+        lambda d: d.pop(5),
+        lambda d: d.__setitem__(39, replace(d[39], last_success=NOW - 1.0)),
+    ]
+    for step in steps:
+        before = members(expo)
+        step(deps)
+        snap = snap_of(deps)
+        expo.update(snap)
+        assert members(expo).keys() & before.keys(), "no block was kept"
+        for om in (False, True):
+            body = expo.body(openmetrics=om, compress=False)
+            assert _static(body) == _reference(snap, openmetrics=om)
+            assert gzip.decompress(expo.body(openmetrics=om, compress=True)) == body
+    # A change of one deployment compresses again one block per family it shows in.
+    before = members(expo)
+    deps[30] = replace(deps[30], recent={"failed": 12345})
+    expo.update(snap_of(deps))
+    assert 1 <= len(members(expo).keys() - before.keys()) <= 2
+
+
 def test_kept_views_and_plans_equal_fresh_ones_across_polls(sim: Simulator, poller_for) -> None:  # type: ignore[no-untyped-def]
     """The snapshot builder's kept views and the store's kept plans are what building them
     afresh gives, poll after poll; quiet deployments are not read from the store again."""
