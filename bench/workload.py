@@ -91,7 +91,6 @@ def snapshot(n: int, now: float, seed: int = 1) -> Snapshot:
                 last_finished_status=rng.choice(("completed", "completed", "failed", "skipped")),
                 oldest_in_flight=in_flight,
                 sync_ok=rng.random() > 0.01,
-                last_sync=now,
                 last_error=None,
             )
         )

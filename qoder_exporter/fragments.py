@@ -528,7 +528,7 @@ def families_for(metrics: MetricsConfig = DEFAULT_METRICS) -> tuple[Family, ...]
 
 # Fields of a DeploymentView that the exposition does not show (the landing page does):
 # a view differing only in these renders the same fragments.
-_NOT_RENDERED = frozenset({"last_sync", "last_error", "oldest_in_flight"})
+_NOT_RENDERED = frozenset({"last_error", "oldest_in_flight"})
 _RENDERED = tuple(f.name for f in fields(DeploymentView) if f.name not in _NOT_RENDERED)
 _rendered_fields = attrgetter(*_RENDERED)
 

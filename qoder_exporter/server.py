@@ -144,14 +144,14 @@ LANDING_PAGE_CSP = (
 _STATUS_CLASS = {"completed": "ok", "failed": "bad", "skipped": "warn", "cancelled": "warn"}
 
 
-def _deployment_row(d: DeploymentView, now: float) -> str:
+def _deployment_row(d: DeploymentView, last_sync: float | None, now: float) -> str:
     name = d.info.name if d.info else d.id
     state = d.info.status if d.info else "unknown"
     if d.info and d.info.paused_reason:
         state = f"{state} ({d.info.paused_reason})"
     if d.sync_ok:
         result = '<span class="ok">ok</span>'
-    elif d.last_sync is None:
+    elif last_sync is None:
         result = "pending"
     else:
         result = f'<span class="bad">failed</span>: {_show(d.last_error, MAX_SHOWN_ERROR_CHARS)}'
@@ -168,7 +168,7 @@ def _deployment_row(d: DeploymentView, now: float) -> str:
     return (
         f'<tr data-deployment-id="{_show(d.id)}">'
         f"<td>{_show(name)}</td><td><code>{_show(d.id)}</code></td>"
-        f"<td>{_show(state)}</td><td>{result}</td><td>{_when(d.last_sync)}</td>"
+        f"<td>{_show(state)}</td><td>{result}</td><td>{_when(last_sync)}</td>"
         f"<td>{last_run}</td><td>{success}</td><td>{in_flight}</td>"
         "</tr>"
     )
@@ -180,8 +180,12 @@ def landing_page(snap: Snapshot, now: float) -> bytes:
     Self-contained HTML: every value is escaped, redacted and cut (see _show); nothing is
     loaded from elsewhere. Never raises on odd values (a timestamp in year 10000, NaN).
     """
-    deployments = sorted(snap.deployments, key=lambda d: ((d.info.name if d.info else ""), d.id))
-    rows = "\n".join(_deployment_row(d, now) for d in deployments)
+    # Each account's deployments with its sync times (the same id may be in two accounts).
+    listed = [
+        (d, part.last_sync.get(d.id)) for part in snap.accounts or (snap,) for d in part.deployments
+    ]
+    listed.sort(key=lambda ds: ((ds[0].info.name if ds[0].info else ""), ds[0].id))
+    rows = "\n".join(_deployment_row(d, synced, now) for d, synced in listed)
     if not rows:
         rows = '<tr><td colspan="8">No deployment yet: waiting for the first poll.</td></tr>'
     up = '<span class="ok">up</span>' if snap.up else '<span class="bad">down</span>'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .filters import DEFAULT_METRICS, MetricsConfig
@@ -29,7 +30,6 @@ class DeploymentView:
     last_finished_status: str | None
     oldest_in_flight: dict[str, float]
     sync_ok: bool
-    last_sync: float | None
     last_error: str | None
     # (status, trigger) -> finished runs; when empty the renderer falls back to `totals`.
     by_trigger: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -85,3 +85,7 @@ class Snapshot:
     # the merged snapshot the per-account snapshots the collector renders, labelled.
     account: str | None = None
     accounts: tuple[Snapshot, ...] = ()
+    # When each deployment was last synced (ok or not), by id; none: never tried. Not in
+    # the views: it moves every cycle for every deployment, and a view that stays the same
+    # object is one the collector need not look at again.
+    last_sync: Mapping[str, float] = field(default_factory=dict)

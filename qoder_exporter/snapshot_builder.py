@@ -69,17 +69,16 @@ def build_snapshot(
         else:
             cache.built += 1
             parts, until = _parts(store, dep_id, state, info, now, lookback)
-        sync_fields = (sync.ok, sync.at, sync.error)
-        if old is not None and old.parts is parts and _sync_of(old.view) == sync_fields:
-            view = old.view
+        if (
+            old is not None
+            and old.parts is parts
+            and old.view.sync_ok == sync.ok
+            and old.view.last_error == sync.error
+        ):
+            view = old.view  # the same object: the collector skips it
         else:
             view = DeploymentView(
-                id=dep_id,
-                info=info,
-                sync_ok=sync.ok,
-                last_sync=sync.at,
-                last_error=sync.error,
-                **parts,
+                id=dep_id, info=info, sync_ok=sync.ok, last_error=sync.error, **parts
             )
         kept[dep_id] = _Kept(key, until, parts, view)
         views.append(view)
@@ -112,11 +111,8 @@ def build_snapshot(
         reload_ok=reload.ok,
         reload_at=reload.at,
         metrics=watch.config.metrics,
+        last_sync={d: s.at for d, s in tracker.sync.items() if s.at is not None},
     )
-
-
-def _sync_of(view: DeploymentView) -> tuple[bool, float | None, str | None]:
-    return (view.sync_ok, view.last_sync, view.last_error)
 
 
 def _parts(

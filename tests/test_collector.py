@@ -84,7 +84,6 @@ def fixed_snapshot() -> Snapshot:
                 last_finished_status="failed",
                 oldest_in_flight={"running": NOW - 3600.0},
                 sync_ok=True,
-                last_sync=NOW,
                 last_error=None,
             ),
             DeploymentView(
@@ -98,7 +97,6 @@ def fixed_snapshot() -> Snapshot:
                 last_finished_status=None,
                 oldest_in_flight={},
                 sync_ok=False,
-                last_sync=NOW,
                 last_error="list_runs: HTTP 500",
             ),
             DeploymentView(
@@ -112,7 +110,6 @@ def fixed_snapshot() -> Snapshot:
                 last_finished_status="completed",
                 oldest_in_flight={},
                 sync_ok=True,
-                last_sync=NOW,
                 last_error=None,
                 last_run=NOW - 86400.0 - 10,
             ),
@@ -302,7 +299,6 @@ def _varied_snapshot() -> Snapshot:
         last_finished_status="skipped",
         oldest_in_flight={},
         sync_ok=False,
-        last_sync=None,
         last_error=None,
         retried_failures=10**9,
         consecutive_failures=7,
@@ -314,7 +310,7 @@ def _varied_snapshot() -> Snapshot:
         credits=1.5e-7,
         list_cost_usd=12.25,
     )
-    bare = DeploymentView("dep_bare", None, {}, {}, {}, {}, None, None, {}, True, None, None)
+    bare = DeploymentView("dep_bare", None, {}, {}, {}, {}, None, None, {}, True, None)
     return Snapshot(
         taken_at=NOW,
         buckets=snap.buckets,
@@ -398,7 +394,7 @@ def test_second_render_re_renders_only_the_changed_deployment() -> None:
     assert expo.fragments.rendered == len(snap.deployments)
     # A new poll: fresh view objects (and a new sync time, which /metrics does not show)
     # for every deployment, new values for one only.
-    changed = tuple(replace(d, last_sync=NOW + 60, recent=dict(d.recent)) for d in snap.deployments)
+    changed = tuple(replace(d, recent=dict(d.recent)) for d in snap.deployments)
     changed = (
         changed[0],
         replace(changed[1], totals={"failed": 2}, by_trigger={("failed", "retry"): 2}),
@@ -463,9 +459,16 @@ def test_kept_views_and_plans_equal_fresh_ones_across_polls(sim: Simulator, poll
     afresh gives, poll after poll; quiet deployments are not read from the store again."""
     poller = poller_for(discover=True)
     expo = Exposition(poller.snapshot, sim.clock.now)
+    reused = 0
     for _ in range(6):
+        before = {d.id: d for d in poller.snapshot.deployments}
         poller.poll_once()
         expo.update(poller.snapshot)
+        # a deployment with nothing new keeps its view object, though its sync time moved
+        reused += sum(before.get(d.id) is d for d in poller.snapshot.deployments)
+        synced = poller.snapshot.last_sync
+        assert {d.id for d in poller.snapshot.deployments} <= set(synced)
+        assert all(sim.clock.now() - 1.0 <= t <= sim.clock.now() for t in synced.values())
         with poller.tracker.lock:
             fresh = build_snapshot(
                 sim.clock.now(),
@@ -482,11 +485,11 @@ def test_kept_views_and_plans_equal_fresh_ones_across_polls(sim: Simulator, poll
                 plan = store.plan(dep_id, sim.clock.now(), 86400.0)
                 state.plan_cache = None
                 assert plan == store.plan(dep_id, sim.clock.now(), 86400.0)
-        assert [replace(d, last_sync=None) for d in fresh.deployments] == [
-            replace(d, last_sync=None) for d in poller.snapshot.deployments
-        ]
+        assert fresh.deployments == poller.snapshot.deployments
+        assert fresh.last_sync == poller.snapshot.last_sync
         sim.advance(60.0)
     assert poller.views.built < 6 * len(poller.snapshot.deployments)
+    assert reused > 0
     for om in (False, True):
         fresh_expo = Exposition(poller.snapshot, sim.clock.now)
         assert expo.body(openmetrics=om, compress=False) == fresh_expo.body(

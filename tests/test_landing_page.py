@@ -303,17 +303,24 @@ def test_page_escapes_what_the_api_says() -> None:
         last_finished_status="<u>failed</u>",
         oldest_in_flight={},
         sync_ok=False,
-        last_sync=1.0,
         last_error="<img src=x onerror=alert(1)>",
     )
     snap = Snapshot(
-        taken_at=1.0, buckets=(1.0,), deployments=(view,), last_error="<iframe src=//evil>"
+        taken_at=1.0,
+        buckets=(1.0,),
+        deployments=(view,),
+        last_error="<iframe src=//evil>",
+        last_sync={view.id: 1.0},
     )
     page = landing_page(snap, 2.0).decode()
     for raw in ("<script>", "<img", "<iframe", "<b>", "<i>", "<u>", '" onmouseover="'):
         assert raw not in page, raw
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+# hostile_view's last sync: it failed then, so the page shows its error.
+SYNCED = {"dep_1": 1.0}
 
 
 def hostile_view(**changes: Any) -> DeploymentView:
@@ -328,7 +335,6 @@ def hostile_view(**changes: Any) -> DeploymentView:
         "last_finished_status": "completed",
         "oldest_in_flight": {},
         "sync_ok": False,
-        "last_sync": 1.0,
         "last_error": None,
     }
     fields.update(changes)
@@ -342,8 +348,14 @@ def hostile_view(**changes: Any) -> DeploymentView:
 )
 def test_page_renders_out_of_range_timestamps(when: float) -> None:
     # completed_at "9999-12-31T23:59:59-23:59" is valid RFC 3339 and lies in year 10000.
-    view = hostile_view(last_success=when, last_sync=when)
-    snap = Snapshot(taken_at=1.0, buckets=(1.0,), deployments=(view,), last_success_poll=when)
+    view = hostile_view(last_success=when)
+    snap = Snapshot(
+        taken_at=1.0,
+        buckets=(1.0,),
+        deployments=(view,),
+        last_success_poll=when,
+        last_sync={view.id: when},
+    )
     page = landing_page(snap, 2.0).decode()
     assert "dep_1" in page and "out of range" in page
 
@@ -358,7 +370,13 @@ def test_page_neutralises_bidi_controls_and_lone_surrogates() -> None:
         paused_reason="\x1b[31mred\u2028line\ud800",
     )
     view = hostile_view(info=hostile, last_error="zero\u200bwidth\x00nul\x85nel")
-    snap = Snapshot(taken_at=1.0, buckets=(1.0,), deployments=(view,), last_error="\u2066x\u2069")
+    snap = Snapshot(
+        taken_at=1.0,
+        buckets=(1.0,),
+        deployments=(view,),
+        last_error="\u2066x\u2069",
+        last_sync=SYNCED,
+    )
     page = landing_page(snap, 2.0).decode()  # a lone surrogate would fail to encode
     for raw in ("\u202e", "\x1b", "\u2028", "\u200b", "\x00", "\x85", "\u2066", "\u2069"):
         assert raw not in page, repr(raw)
@@ -368,10 +386,17 @@ def test_page_neutralises_bidi_controls_and_lone_surrogates() -> None:
 
 def test_page_caps_long_strings_from_the_api() -> None:
     view = hostile_view(id="dep_" + "x" * 1_000_000, last_error="request_id " + "r" * 3_000_000)
-    snap = Snapshot(taken_at=1.0, buckets=(1.0,), deployments=(view,), last_error="e" * 3_000_000)
+    snap = Snapshot(
+        taken_at=1.0,
+        buckets=(1.0,),
+        deployments=(view,),
+        last_error="e" * 3_000_000,
+        last_sync={view.id: 1.0},
+    )
     page = landing_page(snap, 2.0)
     assert len(page) < 20_000
-    assert b"more chars]" in page
+    # the id (row attribute, name, id), the deployment's error, the poll's error
+    assert page.count(b"more chars]") == 5
 
 
 def test_page_redacts_secrets_added_at_runtime() -> None:
@@ -381,7 +406,9 @@ def test_page_redacts_secrets_added_at_runtime() -> None:
     logs.add_secret(rotated)
     echo = f"authentication_error: bad header 'Authorization: Bearer {rotated}'"
     view = hostile_view(last_error=echo)
-    snap = Snapshot(taken_at=1.0, buckets=(1.0,), deployments=(view,), last_error=echo)
+    snap = Snapshot(
+        taken_at=1.0, buckets=(1.0,), deployments=(view,), last_error=echo, last_sync=SYNCED
+    )
     page = landing_page(snap, 2.0).decode()
     assert rotated not in page
     assert page.count("&lt;redacted&gt;") == 2
