@@ -90,7 +90,7 @@ class Cycle:
         if use_feed:
             rest = {d: store.plan(d, now, lookback(d)) for d in watched if d not in fresh}
             result = self.feed.read(rest, store, now, self.watch.ignored())
-            total += len(result.fetched)
+            total += len(result.fetched) + len(result.quiet)
             if _too_long(result):
                 # More runs are new than api.max_pages pages of the feed hold (after a long
                 # outage or back-off, or at 10,000s of deployments). Reading the feed again
@@ -108,6 +108,11 @@ class Cycle:
                     self.watch.relist()
                 for fetched in result.fetched:
                     ok += self._apply(fetched, now, failures)
+                with self.tracker.lock:
+                    self.tracker.quiet(
+                        result.quiet, self._sync_now(now), self.watch.lookback, self.watch.info
+                    )
+                ok += len(result.quiet)
         if self.follower is not None:
             # Runs awaiting their sessions: nothing is sent when there are none.
             # Within what the in-flight refreshes left of this cycle's budget.
@@ -141,13 +146,17 @@ class Cycle:
             ok += self._apply(future.result(), now, failures)
         return ok
 
+    def _sync_now(self, now: float) -> float:
+        """The time the store syncs to. Its floor (runs below it count as dealt with) must
+        not run ahead of the API's clock: were ours ahead by more than the lookback, every
+        new run would fall below it. The API's Date header bounds it (+1 s: the header
+        drops fractions)."""
+        server_now = self.client.server_now(now)
+        return now if server_now is None else min(now, server_now + 1.0)
+
     def _apply(self, fetched: Fetched, now: float, failures: list[QoderError]) -> int:
         """Fold one deployment's fetch into the store: 1 if it synced, else note the error."""
-        # The store's floor (runs below it count as dealt with) must not run ahead of the
-        # API's clock: were ours ahead by more than the lookback, every new run would fall
-        # below it. The API's Date header bounds it (+1 s: the header drops fractions).
-        server_now = self.client.server_now(now)
-        sync_now = now if server_now is None else min(now, server_now + 1.0)
+        sync_now = self._sync_now(now)
         dep_id = fetched.deployment_id
         with self.tracker.lock:
             if fetched.deleted:

@@ -12,7 +12,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .backoff import Backoff, Paused
@@ -89,9 +89,13 @@ class FeedLimit:
 
 @dataclass
 class FeedResult:
+    # The planned deployments the feed showed something of (runs, vanished runs), or all of
+    # them with the error when the read failed.
     fetched: list[Fetched]
     # A run of a deployment not listed yet (and not forgotten): list deployments again.
     unknown_deployment: bool = False
+    # The planned deployments it showed nothing new of, read fine: most, most cycles.
+    quiet: list[str] = field(default_factory=list)
 
 
 class FeedReader:
@@ -129,7 +133,9 @@ class FeedReader:
     def _read(
         self, plans: dict[str, SyncPlan], store: RunStore, now: float, forgotten: set[str]
     ) -> FeedResult:
-        by_dep = {d: Fetched(d) for d in plans}
+        # Only the deployments with news get a Fetched: at 10,000 deployments most have none,
+        # and the cycle settles those in one pass (Tracker.quiet).
+        by_dep: dict[str, Fetched] = {}
         unknown = False
         try:
             self.backoff.check()
@@ -138,13 +144,16 @@ class FeedReader:
             marks += self._foreign.values()
             watermark = max(marks, default=None)
             foreign: dict[str, float] = {}
+            unchanged: set[str] = set()  # in-flight runs shown with the status we know
             for page in self._pages(None):
                 runs = self._parse_new(page, plans, store)
                 for run in runs:
                     if isinstance(run, _Settled):
-                        continue  # accounted already: applying it again changes nothing
-                    if run.deployment_id in by_dep:
-                        by_dep[run.deployment_id].runs.append(run)
+                        if run.in_flight:
+                            unchanged.add(run.id)
+                        continue  # applying it again would change nothing
+                    if run.deployment_id in plans:
+                        _fetched(by_dep, run.deployment_id).runs.append(run)
                     elif (
                         run.deployment_id not in forgotten
                         and run.created_at >= floor
@@ -156,7 +165,7 @@ class FeedReader:
                 if _reached_known(runs, plans, self._foreign, floor, watermark):
                     break
             self._remember(foreign, now)
-            seen = {r.id for f in by_dep.values() for r in f.runs}
+            seen = {r.id for f in by_dep.values() for r in f.runs} | unchanged
             stale = {
                 run_id: dep_id
                 for dep_id, plan in plans.items()
@@ -165,15 +174,17 @@ class FeedReader:
             }
             if len(stale) > 1:
                 self._find_stale(stale, by_dep, plans, store, now)
-            for dep_id, fetched in by_dep.items():
-                if not plans[dep_id].in_flight:
-                    continue  # nothing to fetch by id (most deployments, most cycles)
+            # What the pages did not show is fetched by id, within the budget.
+            left: dict[str, list[str]] = {}
+            for run_id, dep_id in stale.items():
+                left.setdefault(dep_id, []).append(run_id)
+            for dep_id, run_ids in left.items():
                 refresh_in_flight(
                     self.client,
                     self.backoff,
                     self.count_invalid,
-                    fetched,
-                    plans[dep_id].in_flight,
+                    _fetched(by_dep, dep_id),
+                    run_ids,
                     not_after=self.not_after,
                     budget=self.budget,
                 )
@@ -183,7 +194,8 @@ class FeedReader:
         except (QoderError, Paused) as exc:
             err = exc if isinstance(exc, QoderError) else QoderError("backing off")
             return FeedResult([Fetched(d, error=err) for d in plans], unknown)
-        return FeedResult(list(by_dep.values()), unknown)
+        quiet = [d for d in plans if d not in by_dep]
+        return FeedResult(list(by_dep.values()), unknown, quiet)
 
     def _pages(self, status: str | None) -> Iterator[Page]:
         return self.client.pages(
@@ -195,10 +207,11 @@ class FeedReader:
     ) -> list[Run | _Settled]:
         """The page's runs, with those already accounted not parsed again.
 
-        Most of what the feed's head shows each cycle are runs counted in an earlier cycle;
-        their records cannot change what is counted (sync.RunStore.apply), so only their
-        id, deployment and the creation time we stored are kept, for _reached_known. Any
-        record that is not such a plain, known one is parsed (and checked) in full.
+        Most of what the feed's head shows each cycle are runs counted in an earlier cycle,
+        or still in flight with the status we know; their records cannot change what is
+        counted (sync.RunStore.apply), so only their id, deployment and the creation time we
+        stored are kept, for _reached_known. Any record that is not such a plain, known one
+        is parsed (and checked) in full.
         """
         out: list[Run | _Settled] = []
         fresh: list[Any] = []
@@ -207,11 +220,10 @@ class FeedReader:
                 run_id, dep_id = item.get("id"), item.get("deployment_id")
                 if isinstance(run_id, str) and isinstance(dep_id, str):
                     plan = plans.get(dep_id)
-                    if plan is not None and plan.settled(run_id):
-                        tracked = store.deployments[dep_id].runs.get(run_id)
-                        if tracked is not None:
-                            out.append(_Settled(run_id, dep_id, tracked.created_at))
-                            continue
+                    known = _known(plan, store, dep_id, run_id, item)
+                    if known is not None:
+                        out.append(known)
+                        continue
             fresh.append(item)
         if fresh:
             out += parse_records(fresh, run_parser(self.not_after), "run", self.count_invalid)
@@ -245,7 +257,7 @@ class FeedReader:
             # history; runs not reached here are fetched by id.
             for status in sorted(IN_FLIGHT):
                 for page in itertools.islice(self._pages(status), HISTORY_PAGES):
-                    self._take(page, stale, by_dep)
+                    self._take(page, stale, by_dep, store)
             jumps, _ = plan_jumps(order, stale, limit)
         for jump in jumps:
             if not any(t in stale for t in jump.targets):
@@ -258,7 +270,7 @@ class FeedReader:
                 # The run we jump from has left the feed: these are fetched by id.
                 log.debug("jump down the feed refused: %s", exc)
                 continue
-            self._take(page, stale, by_dep)
+            self._take(page, stale, by_dep, store)
 
     def _remember(self, seen: dict[str, float], now: float) -> None:
         if not seen and not self._foreign:
@@ -270,31 +282,72 @@ class FeedReader:
             kept = dict(sorted(kept.items(), key=lambda kv: -kv[1])[:MAX_FOREIGN_RUNS])
         self._foreign = kept
 
-    def _take(self, page: Page, stale: dict[str, str], by_dep: dict[str, Fetched]) -> None:
+    def _take(
+        self, page: Page, stale: dict[str, str], by_dep: dict[str, Fetched], store: RunStore
+    ) -> None:
         """Hand the stale runs a page holds to their deployments.
 
         A jump page is read for the few stale runs in it: the other records are not parsed
-        (those with an id that is not a stale run's are not wanted here).
+        (those with an id that is not a stale run's are not wanted here), nor are the stale
+        runs still in flight with the status we know (most: a run lasts minutes).
         """
-        wanted = [
-            item
-            for item in page.data
-            if not (isinstance(item, dict) and isinstance(item.get("id"), str))
-            or item["id"] in stale
-        ]
+        wanted = []
+        for item in page.data:
+            if not (isinstance(item, dict) and isinstance(item.get("id"), str)):
+                wanted.append(item)  # parsed: counted and logged as unusable
+                continue
+            dep_id = stale.get(item["id"])
+            if dep_id is None:
+                continue
+            if item.get("deployment_id") == dep_id and _same_status(store, dep_id, item):
+                del stale[item["id"]]
+            else:
+                wanted.append(item)
         for run in parse_records(wanted, run_parser(self.not_after), "run", self.count_invalid):
             dep_id = stale.pop(run.id, None)
             if dep_id is not None:
-                by_dep[dep_id].runs.append(run)
+                _fetched(by_dep, dep_id).runs.append(run)
 
 
 @dataclass(frozen=True, slots=True)
 class _Settled:
-    """A feed record of a run accounted already: where it lies, nothing more."""
+    """A feed record of a run accounted already, or in flight with the status we know:
+    where it lies, nothing more."""
 
     id: str
     deployment_id: str
     created_at: float
+    in_flight: bool = False
+
+
+def _known(
+    plan: SyncPlan | None, store: RunStore, dep_id: str, run_id: str, item: dict[str, Any]
+) -> _Settled | None:
+    """The record as a _Settled when applying it could change nothing, else None."""
+    if plan is None or run_id not in plan.known or run_id in plan.awaiting:
+        return None
+    tracked = store.deployments[dep_id].runs.get(run_id)
+    if tracked is None:
+        return None
+    if run_id not in plan.in_flight:
+        return _Settled(run_id, dep_id, tracked.created_at)  # accounted: never changes
+    if item.get("status") == tracked.status:
+        return _Settled(run_id, dep_id, tracked.created_at, in_flight=True)
+    return None
+
+
+def _same_status(store: RunStore, dep_id: str, item: dict[str, Any]) -> bool:
+    """Whether a record of a tracked in-flight run shows the status we know: nothing to
+    apply (RunStore.apply changes an in-flight run only when its status changes)."""
+    tracked = store.deployments[dep_id].runs.get(item["id"])
+    return tracked is not None and not tracked.accounted and item.get("status") == tracked.status
+
+
+def _fetched(by_dep: dict[str, Fetched], deployment_id: str) -> Fetched:
+    fetched = by_dep.get(deployment_id)
+    if fetched is None:
+        fetched = by_dep[deployment_id] = Fetched(deployment_id)
+    return fetched
 
 
 def _everything(deployment_id: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .fetched import Fetched
@@ -37,6 +38,24 @@ class Tracker:
     def drop(self, deployment_id: str) -> None:
         self.store.drop(deployment_id)
         self.sync.pop(deployment_id, None)
+
+    def quiet(
+        self,
+        deployment_ids: Iterable[str],
+        now: float,
+        lookback: Callable[[str], float],
+        info: Callable[[str], Deployment | None],
+    ) -> None:
+        """These deployments, known to the store, were read fine and showed nothing new:
+        what apply() does with an empty fetch, for each, without the fetch."""
+        store, sync = self.store, self.sync
+        for dep_id in deployment_ids:
+            status = sync.get(dep_id)
+            if status is None:
+                status = sync[dep_id] = SyncStatus()
+            status.ok, status.at, status.error = True, now, None
+            store.expire(dep_id, now, lookback(dep_id))
+            store.note_schedule(dep_id, info(dep_id))
 
     def apply(self, fetched: Fetched, now: float, lookback: float, info: Deployment | None) -> bool:
         """Fold one deployment's fetch into the store; False if the fetch failed."""
