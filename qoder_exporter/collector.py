@@ -683,6 +683,17 @@ class _Family:
     blocks: tuple[_Block, ...]
     per_block: int
 
+    def patch(self, frags: Sequence[tuple[bytes, ...]], i: int, changed: list[int]) -> _Family:
+        """This family (index i in frags) with the blocks holding the changed positions
+        compressed again: the deployments are the same, in the same order, as before."""
+        blocks = list(self.blocks)
+        per_block = self.per_block
+        for b in {at // per_block for at in changed}:
+            data = b"".join(f[i] for f in frags[b * per_block : (b + 1) * per_block])
+            if data != blocks[b].samples:
+                blocks[b] = _Block(data, gzip.compress(data, _FAMILY_GZIP_LEVEL))
+        return _Family(tuple(blocks), per_block)
+
     @classmethod
     def render(cls, parts: Sequence[bytes], prev: _Family | None) -> _Family:
         """The family of these per-deployment parts, reusing prev's unchanged blocks."""
@@ -784,8 +795,12 @@ class Exposition:
         families = []
         for i in range(len(kept)):
             prev = self._families[i] if i < len(self._families) else None
-            if prev is not None and dirty is not None and i not in dirty and i != last:
-                families.append(prev)  # no deployment's lines changed: nor its gzip member
+            if prev is not None and dirty is not None and i != last:
+                changed = dirty.get(i)
+                if changed is None:
+                    families.append(prev)  # no deployment's lines changed: nor its members
+                else:
+                    families.append(prev.patch(frags, i, changed))
                 continue
             if i == last:
                 lines = _with_missing(frags, i, groups, [p.missing for p in parts])

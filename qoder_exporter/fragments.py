@@ -589,13 +589,14 @@ class FragmentCache:
 
     def fragments(
         self, groups: Sequence[Group], bounds: tuple[float, ...]
-    ) -> tuple[list[tuple[bytes, ...]], set[int] | None]:
-        """The fragments of these views (UTF-8: a body is bytes), in order, and the indexes
-        of the families whose lines changed since the last call (None: all may have, the
-        deployments differ). Forgets deployments no longer listed."""
+    ) -> tuple[list[tuple[bytes, ...]], dict[int, list[int]] | None]:
+        """The fragments of these views (UTF-8: a body is bytes), in order, and per family
+        whose lines changed since the last call the positions of the deployments whose
+        lines did (None: all may have, the deployments differ). Forgets deployments no
+        longer listed."""
         old, new = self._cache, {}
-        out = []
-        dirty: set[int] | None = set()
+        out: list[tuple[bytes, ...]] = []
+        dirty: dict[int, list[int]] | None = {}
         keys = [(account, v.id) for account, views in groups for v in views]
         if keys != self._keys:
             dirty = None
@@ -611,7 +612,10 @@ class FragmentCache:
                 else:
                     frags = self._rerender(account, hit[0], hit[2], view, bounds)
                     if dirty is not None:
-                        dirty.update(i for i, f in enumerate(frags) if f is not hit[2][i])
+                        at = len(out)
+                        for i, f in enumerate(frags):
+                            if f is not hit[2][i]:
+                                dirty.setdefault(i, []).append(at)
                 new[key] = (view, bounds, frags)
                 out.append(frags)
         self._cache, self._keys = new, keys
