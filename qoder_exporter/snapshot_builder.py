@@ -22,13 +22,28 @@ class ReloadStatus:
 
 @dataclass(frozen=True, slots=True)
 class _Kept:
-    """One deployment's view parts from the store, valid while `key` holds and until
-    `until` (when its oldest run in the window leaves the window)."""
+    """One deployment's view parts from the store, valid while its state (the same object at
+    the same version), metadata and lookback hold, and until `until` (when its oldest run in
+    the window leaves the window)."""
 
-    key: tuple[object, ...]
+    state: DeploymentState | None
+    version: int
+    info: Deployment | None
+    lookback: float
     until: float
     parts: dict[str, Any]
     view: DeploymentView
+
+    def holds(
+        self, state: DeploymentState | None, info: Deployment | None, lookback: float, now: float
+    ) -> bool:
+        return (
+            self.state is state
+            and self.version == (state.version if state else -1)
+            and (self.info is info or self.info == info)
+            and self.lookback == lookback
+            and now <= self.until
+        )
 
 
 class ViewCache:
@@ -38,6 +53,7 @@ class ViewCache:
 
     def __init__(self) -> None:
         self._kept: dict[str, _Kept] = {}
+        self._buckets: tuple[float, ...] = ()  # the store's when _kept was made
         self.built = 0  # views whose parts were read from the store again
 
 
@@ -55,32 +71,31 @@ def build_snapshot(
     """Call with tracker.lock held."""
     store = tracker.store
     cache = cache or ViewCache()
+    if cache._buckets != store.buckets:
+        cache._kept, cache._buckets = {}, store.buckets  # other histogram bounds: all anew
     kept: dict[str, _Kept] = {}
     views = []
+    never = SyncStatus()
     for dep_id in watch.watched():
         state = store.deployments.get(dep_id)
-        sync = tracker.sync.get(dep_id, SyncStatus())
+        sync = tracker.sync.get(dep_id, never)
         info = watch.info(dep_id)
         lookback = watch.lookback(dep_id)
-        key = (state, state.version if state else -1, info, lookback, store.buckets)
         old = cache._kept.get(dep_id)
-        if old is not None and old.key == key and now <= old.until:
+        if old is not None and old.holds(state, info, lookback, now):
+            if old.view.sync_ok == sync.ok and old.view.last_error == sync.error:
+                # Nothing new (most deployments, most polls): the same view object, which
+                # the collector skips without comparing.
+                kept[dep_id] = old
+                views.append(old.view)
+                continue
             parts, until = old.parts, old.until
         else:
             cache.built += 1
             parts, until = _parts(store, dep_id, state, info, now, lookback)
-        if (
-            old is not None
-            and old.parts is parts
-            and old.view.sync_ok == sync.ok
-            and old.view.last_error == sync.error
-        ):
-            view = old.view  # the same object: the collector skips it
-        else:
-            view = DeploymentView(
-                id=dep_id, info=info, sync_ok=sync.ok, last_error=sync.error, **parts
-            )
-        kept[dep_id] = _Kept(key, until, parts, view)
+        view = DeploymentView(id=dep_id, info=info, sync_ok=sync.ok, last_error=sync.error, **parts)
+        version = state.version if state else -1
+        kept[dep_id] = _Kept(state, version, info, lookback, until, parts, view)
         views.append(view)
     cache._kept = kept
     counters = metrics.copy()

@@ -12,7 +12,7 @@ tells the poller which untracked runs it has already dealt with.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .models import (
@@ -397,8 +397,26 @@ class RunStore:
 
     def expire(self, deployment_id: str, now: float, lookback: float) -> None:
         """Drop accounted runs older than the window; the floor never moves back."""
-        state = self.deployments[deployment_id]
-        state.floor = max(state.floor, now - lookback)
+        self._expire(self.deployments[deployment_id], now - lookback)
+
+    def quiet(
+        self,
+        deployment_ids: Iterable[str],
+        now: float,
+        lookback: Callable[[str], float],
+        info: Callable[[str], Deployment | None],
+    ) -> None:
+        """apply() with no runs, then note_schedule(), for each of these known deployments:
+        their windows move on. One pass, for the thousands a quiet cycle has."""
+        deployments = self.deployments
+        for dep_id in deployment_ids:
+            state = deployments[dep_id]
+            self._expire(state, now - lookback(dep_id))
+            self._note_schedule(state, info(dep_id))
+
+    def _expire(self, state: DeploymentState, floor: float) -> None:
+        if floor > state.floor:
+            state.floor = floor
         if state.low >= state.floor:
             return  # no accounted run is below the floor
         old = [rid for rid, t in state.runs.items() if t.accounted and t.created_at < state.floor]
@@ -466,7 +484,11 @@ class RunStore:
         so a slot announced before a pause cannot count as missed once resumed.
         """
         state = self.deployments.get(deployment_id)
-        if state is None or info is None:
+        if state is not None:
+            self._note_schedule(state, info)
+
+    def _note_schedule(self, state: DeploymentState, info: Deployment | None) -> None:
+        if info is None:
             return
         if state.schedule_seen is not None and state.schedule_seen == (info, state.last_run):
             # the same metadata object and the same newest run: the same answer as last time

@@ -48,14 +48,13 @@ class Tracker:
     ) -> None:
         """These deployments, known to the store, were read fine and showed nothing new:
         what apply() does with an empty fetch, for each, without the fetch."""
-        store, sync = self.store, self.sync
+        sync = self.sync
         for dep_id in deployment_ids:
             status = sync.get(dep_id)
             if status is None:
                 status = sync[dep_id] = SyncStatus()
             status.ok, status.at, status.error = True, now, None
-            store.expire(dep_id, now, lookback(dep_id))
-            store.note_schedule(dep_id, info(dep_id))
+        self.store.quiet(deployment_ids, now, lookback, info)
 
     def apply(self, fetched: Fetched, now: float, lookback: float, info: Deployment | None) -> bool:
         """Fold one deployment's fetch into the store; False if the fetch failed."""
