@@ -144,13 +144,15 @@ class FeedReader:
             marks += self._foreign.values()
             watermark = max(marks, default=None)
             foreign: dict[str, float] = {}
-            unchanged: set[str] = set()  # in-flight runs shown with the status we know
+            # (deployment, run) of the in-flight runs shown with the status we know; by pair,
+            # not by id: a record must not stand for another deployment's run of that id.
+            resolved: set[tuple[str, str]] = set()
             for page in self._pages(None):
                 runs = self._parse_new(page, plans, store)
                 for run in runs:
                     if isinstance(run, _Settled):
                         if run.in_flight:
-                            unchanged.add(run.id)
+                            resolved.add((run.deployment_id, run.id))
                         continue  # applying it again would change nothing
                     if run.deployment_id in plans:
                         _fetched(by_dep, run.deployment_id).runs.append(run)
@@ -165,26 +167,29 @@ class FeedReader:
                 if _reached_known(runs, plans, self._foreign, floor, watermark):
                     break
             self._remember(foreign, now)
-            seen = {r.id for f in by_dep.values() for r in f.runs} | unchanged
+            resolved.update(_shown(by_dep))
             stale = {
                 run_id: dep_id
                 for dep_id, plan in plans.items()
                 for run_id in plan.in_flight
-                if run_id not in seen
+                if (dep_id, run_id) not in resolved
             }
             if len(stale) > 1:
-                self._find_stale(stale, by_dep, plans, store, now)
+                self._find_stale(stale, by_dep, plans, store, now, resolved)
+            resolved.update(_shown(by_dep))
             # What the pages did not show is fetched by id, within the budget.
-            left: dict[str, list[str]] = {}
-            for run_id, dep_id in stale.items():
-                left.setdefault(dep_id, []).append(run_id)
-            for dep_id, run_ids in left.items():
+            for dep_id, plan in plans.items():
+                if not plan.in_flight:
+                    continue  # nothing to fetch by id (most deployments, most cycles)
+                left = [r for r in plan.in_flight if (dep_id, r) not in resolved]
+                if not left:
+                    continue
                 refresh_in_flight(
                     self.client,
                     self.backoff,
                     self.count_invalid,
                     _fetched(by_dep, dep_id),
-                    run_ids,
+                    left,
                     not_after=self.not_after,
                     budget=self.budget,
                 )
@@ -236,6 +241,7 @@ class FeedReader:
         plans: dict[str, SyncPlan],
         store: RunStore,
         now: float,
+        resolved: set[tuple[str, str]],
     ) -> None:
         """Learn how the in-flight runs that the feed's new pages did not show are now.
 
@@ -257,7 +263,7 @@ class FeedReader:
             # history; runs not reached here are fetched by id.
             for status in sorted(IN_FLIGHT):
                 for page in itertools.islice(self._pages(status), HISTORY_PAGES):
-                    self._take(page, stale, by_dep, store)
+                    self._take(page, stale, by_dep, store, resolved)
             jumps, _ = plan_jumps(order, stale, limit)
         for jump in jumps:
             if not any(t in stale for t in jump.targets):
@@ -270,7 +276,7 @@ class FeedReader:
                 # The run we jump from has left the feed: these are fetched by id.
                 log.debug("jump down the feed refused: %s", exc)
                 continue
-            self._take(page, stale, by_dep, store)
+            self._take(page, stale, by_dep, store, resolved)
 
     def _remember(self, seen: dict[str, float], now: float) -> None:
         if not seen and not self._foreign:
@@ -283,7 +289,12 @@ class FeedReader:
         self._foreign = kept
 
     def _take(
-        self, page: Page, stale: dict[str, str], by_dep: dict[str, Fetched], store: RunStore
+        self,
+        page: Page,
+        stale: dict[str, str],
+        by_dep: dict[str, Fetched],
+        store: RunStore,
+        resolved: set[tuple[str, str]],
     ) -> None:
         """Hand the stale runs a page holds to their deployments.
 
@@ -301,11 +312,13 @@ class FeedReader:
                 continue
             if item.get("deployment_id") == dep_id and _same_status(store, dep_id, item):
                 del stale[item["id"]]
+                resolved.add((dep_id, item["id"]))
             else:
                 wanted.append(item)
         for run in parse_records(wanted, run_parser(self.not_after), "run", self.count_invalid):
             dep_id = stale.pop(run.id, None)
-            if dep_id is not None:
+            # A record under another deployment's name is not this run's: fetched by id.
+            if dep_id is not None and dep_id == run.deployment_id:
                 _fetched(by_dep, dep_id).runs.append(run)
 
 
@@ -323,7 +336,12 @@ class _Settled:
 def _known(
     plan: SyncPlan | None, store: RunStore, dep_id: str, run_id: str, item: dict[str, Any]
 ) -> _Settled | None:
-    """The record as a _Settled when applying it could change nothing, else None."""
+    """The record as a _Settled when applying it could change nothing, else None.
+
+    Such a record is not checked again: its run was checked when first seen, and what we
+    count of it cannot change until its status does (then the record is parsed in full,
+    and a broken one counted and logged). A record that breaks while its run stays in
+    flight is so not counted invalid; the run's next change is."""
     if plan is None or run_id not in plan.known or run_id in plan.awaiting:
         return None
     tracked = store.deployments[dep_id].runs.get(run_id)
@@ -341,6 +359,11 @@ def _same_status(store: RunStore, dep_id: str, item: dict[str, Any]) -> bool:
     apply (RunStore.apply changes an in-flight run only when its status changes)."""
     tracked = store.deployments[dep_id].runs.get(item["id"])
     return tracked is not None and not tracked.accounted and item.get("status") == tracked.status
+
+
+def _shown(by_dep: dict[str, Fetched]) -> Iterator[tuple[str, str]]:
+    """(deployment, run) of every run the pages brought, each under its own deployment."""
+    return ((f.deployment_id, r.id) for f in by_dep.values() for r in f.runs)
 
 
 def _fetched(by_dep: dict[str, Fetched], deployment_id: str) -> Fetched:

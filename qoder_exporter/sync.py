@@ -406,11 +406,15 @@ class RunStore:
         lookback: Callable[[str], float],
         info: Callable[[str], Deployment | None],
     ) -> None:
-        """apply() with no runs, then note_schedule(), for each of these known deployments:
-        their windows move on. One pass, for the thousands a quiet cycle has."""
+        """apply() with no runs, then note_schedule(), for each of these deployments: their
+        windows move on. One pass, for the thousands a quiet cycle has. The feed plans only
+        deployments the store knows; one it does not (none today) is left to its next
+        sync, which creates its state as apply() does."""
         deployments = self.deployments
         for dep_id in deployment_ids:
-            state = deployments[dep_id]
+            state = deployments.get(dep_id)
+            if state is None:
+                continue
             self._expire(state, now - lookback(dep_id))
             self._note_schedule(state, info(dep_id))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .fetched import Fetched
@@ -41,7 +41,7 @@ class Tracker:
 
     def quiet(
         self,
-        deployment_ids: Iterable[str],
+        deployment_ids: Sequence[str],
         now: float,
         lookback: Callable[[str], float],
         info: Callable[[str], Deployment | None],

@@ -240,3 +240,38 @@ def test_a_rate_limit_pauses_and_the_next_read_sends_nothing() -> None:
     clock[0] += 31.0
     result = read.read(plans(store, now), store, now, set())
     assert all(f.error is None for f in result.fetched)
+
+
+class _Genuine(FakeFeed):
+    """The feed lists a hostile record in place of a run's; GET by id answers the true one."""
+
+    def __init__(self, runs: list[dict[str, Any]], true: dict[str, Any]) -> None:
+        super().__init__(runs)
+        self.true = true
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        self.calls.append(("get", run_id))
+        return self.true if run_id == self.true["id"] else super().get_run(run_id)
+
+
+def test_a_run_the_feed_shows_under_another_deployment_is_still_fetched_by_id() -> None:
+    """run_0014 is dep_a's and in flight. A hostile feed shows its id under dep_b, running;
+    by id it is dep_a's and completed. Sightings count per (deployment, run): the record
+    under dep_b neither stands for dep_a's run nor hides it, cycle after cycle.
+    (Found by review: keyed by run id alone, dep_a's run stayed in flight for good.)"""
+    store, feed, now = scene(known=20, new=2, in_flight=(14,))
+    true = record(14, "completed")
+    feed = [
+        {**d, "deployment_id": "dep_b", "status": "running"} if d["id"] == "run_0014" else d
+        for d in feed
+    ]
+    fake = _Genuine(feed, true)
+    read, _, _ = reader(fake, FeedLimit(10, 10), [now])
+    for _ in range(3):
+        result = read.read(plans(store, now), store, now, set())
+        for f in result.fetched:
+            assert f.error is None
+            store.apply(f.deployment_id, f.runs, now, LOOKBACK, history=False, vanished=f.vanished)
+        now += 30.0
+    assert "run_0014" in fake.gets()
+    assert store.deployments["dep_a"].runs["run_0014"].accounted

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -26,8 +28,10 @@ import requests
 
 from qoder_exporter import logs
 from qoder_exporter.models import Deployment
-from qoder_exporter.server import landing_page
+from qoder_exporter.server import _when, landing_page
+from qoder_exporter.simulator import Simulator
 from qoder_exporter.snapshot import DeploymentView, Snapshot
+from qoder_exporter.snapshot_builder import build_snapshot
 
 from .harness import LiveExporter, require_tool
 
@@ -412,3 +416,48 @@ def test_page_redacts_secrets_added_at_runtime() -> None:
     page = landing_page(snap, 2.0).decode()
     assert rotated not in page
     assert page.count("&lt;redacted&gt;") == 2
+
+
+def _sync_rows(page: bytes) -> list[str]:
+    return sorted(re.findall(r"<tr data-deployment-id=.*?</tr>", page.decode()))
+
+
+def test_sync_column_through_failed_cycles(sim: Simulator, poller_for) -> None:  # type: ignore[no-untyped-def]
+    poller = poller_for(discover=True)
+    for step in range(6):
+        if step == 3:
+            sim.faults.broken.add("list_all_runs")  # the feed fails: every deployment fails
+        if step == 5:
+            sim.faults.broken.clear()
+        poller.poll_once()
+        now = sim.clock.now()
+        with poller.tracker.lock:
+            fresh = build_snapshot(
+                now,
+                poller.tracker,
+                poller.watch,
+                poller.stats,
+                poller.metrics,
+                poller.client.bucket,
+                poller.config.poll_interval,
+                poller.reload,
+            )
+        page = landing_page(poller.snapshot, now)
+        assert _sync_rows(page) == _sync_rows(landing_page(fresh, now))
+        if step in (3, 4):
+            assert page.count(b'class="bad">failed</span>: ') == len(poller.snapshot.deployments)
+            assert page.count(_when(now).encode()) >= len(poller.snapshot.deployments)
+        assert len(poller.snapshot.deployments) > 0
+        sim.advance(60.0)
+
+
+def test_same_id_in_two_accounts_shows_each_accounts_sync() -> None:
+    v = DeploymentView("dep_1", None, {}, {}, {}, {}, None, None, {}, True, None)
+    bad = replace(v, sync_ok=False, last_error="boom")
+    a = Snapshot(1.0, (), deployments=(v,), account="a", last_sync={"dep_1": 1000.0})
+    b = Snapshot(1.0, (), deployments=(bad,), account="b", last_sync={"dep_1": 2000.0})
+    merged = Snapshot(1.0, (), deployments=(v, bad), accounts=(a, b))
+    rows = _sync_rows(landing_page(merged, 3000.0))
+    assert len(rows) == 2
+    assert any("ok" in r and "1970-01-01 00:16:40" in r for r in rows)
+    assert any("boom" in r and "1970-01-01 00:33:20" in r for r in rows)
