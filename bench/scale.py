@@ -9,12 +9,14 @@ Per size: CPU of a steady-state poll cycle and of the render after it, deploymen
 re-rendered, series, body bytes, poller RSS. Scrape latency against the plain
 prometheus_client is bench.scrape's (`--deployments` there too).
 
-Two worlds, the same deployments otherwise:
+Three worlds, the same deployments otherwise:
 - cron: schedules as a platform team's are, each at its own cron minute: 10% every 15
   minutes, 60% hourly, 10% every 6 hours, 20% daily, manual triggers as the simulator's.
-  About 4% of the deployments change in a 60 s cycle: the quiet cycle of issue 14's target.
+  About 5% of the deployments change in a 60 s cycle.
 - busy: the simulator's default, every deployment every 5-15 minutes (1.85M runs a day at
   10,000): about 21% change in a cycle, every cycle.
+- daily (`--world daily`, not by default): every deployment daily at its own minute, no
+  manual runs: almost nothing changes, so a cycle costs what the deployments do as such.
 """
 
 from __future__ import annotations
@@ -38,15 +40,17 @@ HISTORY_S = 26 * 3600.0
 CRON_MIX = ((900.0, 10), (3600.0, 60), (6 * 3600.0, 10), (86400.0, 20))
 
 
-def cron_world(n: int, seed: int, history_s: float) -> list[Any]:
-    """The simulator's default deployments, each on a cron schedule of CRON_MIX at a cron
+def cron_world(
+    n: int, seed: int, history_s: float, mix: tuple[tuple[float, int], ...] = CRON_MIX
+) -> list[Any]:
+    """The simulator's default deployments, each on a cron schedule of `mix` at a cron
     minute of its own (as `17 * * * *`), runs of 0.5-10 minutes."""
     from qoder_exporter.simulator.core import DEFAULT_START
     from qoder_exporter.simulator.world import default_specs
 
     rng = random.Random(f"{seed}:cron")
-    intervals = [i for i, _ in CRON_MIX]
-    weights = [w for _, w in CRON_MIX]
+    intervals = [i for i, _ in mix]
+    weights = [w for _, w in mix]
     out = []
     for spec in default_specs(n, seed, DEFAULT_START, False, history_s):
         if spec.interval_s is None:
@@ -60,7 +64,16 @@ def cron_world(n: int, seed: int, history_s: float) -> list[Any]:
     return out
 
 
-WORLDS = {"cron": cron_world, "busy": None}
+def daily_world(n: int, seed: int, history_s: float) -> list[Any]:
+    """Every scheduled deployment daily, at its own minute, no manual runs: a cycle where
+    almost nothing happens, so what it costs is what the deployments cost as such."""
+    return [
+        dataclasses.replace(s, manual_rate_per_hour=0.0)
+        for s in cron_world(n, seed, history_s, ((86400.0, 1),))
+    ]
+
+
+WORLDS = {"cron": cron_world, "busy": None, "daily": daily_world}
 
 
 @dataclasses.dataclass

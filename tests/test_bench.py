@@ -190,6 +190,9 @@ def test_the_cron_world_keeps_the_deployments_and_spreads_their_schedules() -> N
     assert 0.5 < len(hourly) / len(scheduled) < 0.7
     assert all(0 <= s.phase_s < (s.interval_s or 0) for s in scheduled)
     assert len({s.phase_s for s in hourly}) > 40  # at many cron minutes, not all at :00
+    daily = [s for s in scale.daily_world(400, 1, 86400.0) if s.interval_s is not None]
+    assert {s.interval_s for s in daily} == {86400.0}
+    assert all(s.manual_rate_per_hour == 0.0 for s in daily)
 
 
 def test_render_bench_quiet_poll_renders_nothing_again() -> None:
