@@ -170,10 +170,6 @@ class SyncPlan:
             self.awaiting,
         )
 
-    def settled(self, run_id: str) -> bool:
-        """True for a run accounted already: its record can no longer change what we count."""
-        return run_id in self.known and run_id not in self.in_flight and run_id not in self.awaiting
-
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
