@@ -343,9 +343,10 @@ def run_scale(p: Profile, out: Results, data: dict[str, Any]) -> None:
         "fresh process: the first render, a quiet one (new views, same values) and one with "
         "25% of the deployments changed (`python -m bench.render`).\n\n"
         + render.report(rows, 0.25)
-        + "\n\nQuiet discover-mode poll cycles against the simulator (24 h window, no added "
-        "latency), the poller in its own process (`python -m bench.scale`):\n\n"
-        + scale.report(polled)
+        + "\n\nSteady discover-mode poll cycles against the simulator (24 h window, no added "
+        "latency), the poller in its own process, in the cron world (cron-like schedules, ~5% "
+        "of the deployments change a minute) and the busy one (every deployment every 5-15 "
+        "minutes, ~21%) (`python -m bench.scale`):\n\n" + scale.report(polled)
     )
     out.section("6. Scale: 1,000 to 20,000 deployments in one process (issue 14)", body)
 
