@@ -30,6 +30,8 @@ from qoder_exporter.config import Config, config_from_dict
 from qoder_exporter.poller import Poller
 from qoder_exporter.server import ExporterServer
 from qoder_exporter.simulator import DeploymentSpec, ManualClock, Simulator
+from qoder_exporter.snapshot import Snapshot
+from qoder_exporter.snapshot_builder import build_snapshot
 
 from .conftest import TOKEN, make_config
 from .waiting import eventually
@@ -284,3 +286,18 @@ def live_stack(
         if prom is not None:
             prom.close()
         exporter.close()
+
+
+def fresh_snapshot(poller: Poller, now: float) -> Snapshot:
+    """What building the poller's snapshot afresh gives, with no kept views (call with
+    poller.tracker.lock held)."""
+    return build_snapshot(
+        now,
+        poller.tracker,
+        poller.watch,
+        poller.stats,
+        poller.metrics,
+        poller.client.bucket,
+        poller.config.poll_interval,
+        poller.reload,
+    )

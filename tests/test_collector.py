@@ -19,8 +19,9 @@ from qoder_exporter.filters import DEFAULT_METRICS, MetricFilter, MetricsConfig,
 from qoder_exporter.models import RUN_ERROR_TYPES, Deployment
 from qoder_exporter.simulator import Simulator
 from qoder_exporter.snapshot import DeploymentView, HistogramData, Snapshot
-from qoder_exporter.snapshot_builder import build_snapshot
 from qoder_exporter.sync import QUEUE_BUCKETS, SESSION_TOKEN_BUCKETS
+
+from .harness import fresh_snapshot
 
 GOLDEN = Path(__file__).parent / "testdata" / "golden.prom"
 NOW = 1_781_400_000.0
@@ -470,16 +471,7 @@ def test_kept_views_and_plans_equal_fresh_ones_across_polls(sim: Simulator, poll
         assert {d.id for d in poller.snapshot.deployments} <= set(synced)
         assert all(sim.clock.now() - 1.0 <= t <= sim.clock.now() for t in synced.values())
         with poller.tracker.lock:
-            fresh = build_snapshot(
-                sim.clock.now(),
-                poller.tracker,
-                poller.watch,
-                poller.stats,
-                poller.metrics,
-                poller.client.bucket,
-                poller.config.poll_interval,
-                poller.reload,
-            )
+            fresh = fresh_snapshot(poller, sim.clock.now())
             store = poller.store
             for dep_id, state in store.deployments.items():
                 plan = store.plan(dep_id, sim.clock.now(), 86400.0)

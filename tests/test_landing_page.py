@@ -31,9 +31,8 @@ from qoder_exporter.models import Deployment
 from qoder_exporter.server import _when, landing_page
 from qoder_exporter.simulator import Simulator
 from qoder_exporter.snapshot import DeploymentView, Snapshot
-from qoder_exporter.snapshot_builder import build_snapshot
 
-from .harness import LiveExporter, require_tool
+from .harness import LiveExporter, fresh_snapshot, require_tool
 
 pytestmark = pytest.mark.system
 
@@ -432,16 +431,7 @@ def test_sync_column_through_failed_cycles(sim: Simulator, poller_for) -> None: 
         poller.poll_once()
         now = sim.clock.now()
         with poller.tracker.lock:
-            fresh = build_snapshot(
-                now,
-                poller.tracker,
-                poller.watch,
-                poller.stats,
-                poller.metrics,
-                poller.client.bucket,
-                poller.config.poll_interval,
-                poller.reload,
-            )
+            fresh = fresh_snapshot(poller, now)
         page = landing_page(poller.snapshot, now)
         assert _sync_rows(page) == _sync_rows(landing_page(fresh, now))
         if step in (3, 4):
