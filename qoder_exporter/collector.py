@@ -690,8 +690,7 @@ class _Family:
         per_block = self.per_block
         for b in {at // per_block for at in changed}:
             data = b"".join(f[i] for f in frags[b * per_block : (b + 1) * per_block])
-            if data != blocks[b].samples:
-                blocks[b] = _Block(data, gzip.compress(data, _FAMILY_GZIP_LEVEL))
+            blocks[b] = _block(data, blocks[b])
         return _Family(tuple(blocks), per_block)
 
     @classmethod
@@ -702,11 +701,15 @@ class _Family:
         blocks = []
         for b, at in enumerate(range(0, len(parts), per_block)):
             data = b"".join(parts[at : at + per_block])
-            if b < len(old) and old[b].samples == data:
-                blocks.append(old[b])
-            else:
-                blocks.append(_Block(data, gzip.compress(data, _FAMILY_GZIP_LEVEL)))
+            blocks.append(_block(data, old[b] if b < len(old) else None))
         return cls(tuple(blocks), per_block)
+
+
+def _block(data: bytes, old: _Block | None) -> _Block:
+    """The block of these samples: the old one (and its gzip member) if they are its own."""
+    if old is not None and old.samples == data:
+        return old
+    return _Block(data, gzip.compress(data, _FAMILY_GZIP_LEVEL))
 
 
 def _per_block(parts: Sequence[bytes], prev: _Family | None) -> int:

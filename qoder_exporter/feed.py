@@ -263,7 +263,7 @@ class FeedReader:
             # history; runs not reached here are fetched by id.
             for status in sorted(IN_FLIGHT):
                 for page in itertools.islice(self._pages(status), HISTORY_PAGES):
-                    self._take(page, stale, by_dep, store, resolved)
+                    self._take(page, stale, by_dep, plans, store, resolved)
             jumps, _ = plan_jumps(order, stale, limit)
         for jump in jumps:
             if not any(t in stale for t in jump.targets):
@@ -276,7 +276,7 @@ class FeedReader:
                 # The run we jump from has left the feed: these are fetched by id.
                 log.debug("jump down the feed refused: %s", exc)
                 continue
-            self._take(page, stale, by_dep, store, resolved)
+            self._take(page, stale, by_dep, plans, store, resolved)
 
     def _remember(self, seen: dict[str, float], now: float) -> None:
         if not seen and not self._foreign:
@@ -293,6 +293,7 @@ class FeedReader:
         page: Page,
         stale: dict[str, str],
         by_dep: dict[str, Fetched],
+        plans: dict[str, SyncPlan],
         store: RunStore,
         resolved: set[tuple[str, str]],
     ) -> None:
@@ -310,7 +311,9 @@ class FeedReader:
             dep_id = stale.get(item["id"])
             if dep_id is None:
                 continue
-            if item.get("deployment_id") == dep_id and _same_status(store, dep_id, item):
+            # A stale run is in flight: _known answers only when its status is unchanged.
+            known = _known(plans[dep_id], store, dep_id, item["id"], item)
+            if item.get("deployment_id") == dep_id and known is not None:
                 del stale[item["id"]]
                 resolved.add((dep_id, item["id"]))
             else:
@@ -352,13 +355,6 @@ def _known(
     if item.get("status") == tracked.status:
         return _Settled(run_id, dep_id, tracked.created_at, in_flight=True)
     return None
-
-
-def _same_status(store: RunStore, dep_id: str, item: dict[str, Any]) -> bool:
-    """Whether a record of a tracked in-flight run shows the status we know: nothing to
-    apply (RunStore.apply changes an in-flight run only when its status changes)."""
-    tracked = store.deployments[dep_id].runs.get(item["id"])
-    return tracked is not None and not tracked.accounted and item.get("status") == tracked.status
 
 
 def _shown(by_dep: dict[str, Fetched]) -> Iterator[tuple[str, str]]:
